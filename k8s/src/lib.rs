@@ -1,0 +1,32 @@
+//! Kubernetes inputs shared by every Sluice component: the cluster snapshot,
+//! the standalone manifests source, and the Service/EndpointSlice semantics
+//! (which endpoints are usable) written once.
+//!
+//! Sources are level-triggered: they publish a full [`Snapshot`] on every
+//! change through a `tokio::sync::watch` channel; consumers always converge to
+//! the latest one and never rely on individual events.
+
+pub mod manifests;
+pub mod semantics;
+pub mod snapshot;
+
+pub use snapshot::{ObjectKey, Snapshot, SnapshotBuilder};
+
+/// Errors of the sources.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching {path}: {source}")]
+    Watch {
+        path: std::path::PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,214 @@
+//! The map ABI shared by the eBPF programs and the agent.
+//!
+//! Every key and value is `#[repr(C)]` with explicit padding so the layout is
+//! the same on both sides and a `Pod` type has no uninitialised bytes.
+//! Addresses and ports are stored exactly as the kernel hands them to
+//! sock_addr programs: network byte order in memory (so a `u32` address is
+//! `u32::from_ne_bytes(ip.octets())` and a port is `port.to_be()`).
+#![no_std]
+
+/// Map names, shared so the loader, `status` and the programs agree.
+pub mod maps {
+    pub const SERVICES4: &str = "SLC_SVC4";
+    pub const SERVICES6: &str = "SLC_SVC6";
+    pub const BACKENDS4: &str = "SLC_BE4";
+    pub const BACKENDS6: &str = "SLC_BE6";
+    pub const REVNAT4: &str = "SLC_RNAT4";
+    pub const REVNAT6: &str = "SLC_RNAT6";
+    pub const SOCK_REVNAT4: &str = "SLC_SKRNAT4";
+    pub const SOCK_REVNAT6: &str = "SLC_SKRNAT6";
+    pub const AFFINITY: &str = "SLC_AFF";
+    pub const ALL: [&str; 9] = [
+        SERVICES4,
+        SERVICES6,
+        BACKENDS4,
+        BACKENDS6,
+        REVNAT4,
+        REVNAT6,
+        SOCK_REVNAT4,
+        SOCK_REVNAT6,
+        AFFINITY,
+    ];
+}
+
+/// Program names (the eBPF function names), one per cgroup sock_addr hook.
+pub const PROGRAMS: [&str; 8] = [
+    "slc_connect4",
+    "slc_sendmsg4",
+    "slc_recvmsg4",
+    "slc_getpeername4",
+    "slc_connect6",
+    "slc_sendmsg6",
+    "slc_recvmsg6",
+    "slc_getpeername6",
+];
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Scope of a service entry. External scopes (NodePort, LB) are for the tc path.
+pub const SCOPE_CLUSTER: u8 = 0;
+
+/// Frontend flags.
+pub const SVC_FLAG_AFFINITY: u32 = 1 << 0;
+
+/// Backend states.
+pub const BACKEND_ACTIVE: u8 = 0;
+pub const BACKEND_TERMINATING: u8 = 1;
+
+/// Key of the services map. Slot 0 is the frontend, slots 1..=count hold backend ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey4 {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub slot: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub slot: u16,
+    pub _pad: u16,
+}
+
+/// Value of the services map. In slot 0: `count`, `revnat_id`, `flags`,
+/// `affinity_timeout` (seconds). In slots 1..: `backend_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    pub count: u32,
+    pub revnat_id: u32,
+    pub flags: u32,
+    pub affinity_timeout: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend4 {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub state: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend6 {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub state: u8,
+}
+
+/// revnat id -> the frontend a translated socket shows to its owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNat4 {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNat6 {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// (socket cookie, backend) -> revnat id, written at connect/sendmsg so
+/// recvmsg and getpeername can show the VIP again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey4 {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey6 {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat {
+    pub revnat_id: u32,
+    pub _pad: u32,
+}
+
+/// Session affinity: (client network-namespace cookie, revnat id) -> backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client_cookie: u64,
+    pub revnat_id: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns() of the last use.
+    pub last_used_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)] of integers with explicit padding fields.
+    unsafe impl aya::Pod for ServiceKey4 {}
+    unsafe impl aya::Pod for ServiceKey6 {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for Backend6 {}
+    unsafe impl aya::Pod for RevNat4 {}
+    unsafe impl aya::Pod for RevNat6 {}
+    unsafe impl aya::Pod for SockRevNatKey4 {}
+    unsafe impl aya::Pod for SockRevNatKey6 {}
+    unsafe impl aya::Pod for SockRevNat {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey4>(), 12);
+        assert_eq!(size_of::<ServiceKey6>(), 24);
+        assert_eq!(size_of::<ServiceValue>(), 24);
+        assert_eq!(size_of::<Backend4>(), 8);
+        assert_eq!(size_of::<Backend6>(), 20);
+        assert_eq!(size_of::<RevNat4>(), 8);
+        assert_eq!(size_of::<RevNat6>(), 20);
+        assert_eq!(size_of::<SockRevNatKey4>(), 16);
+        assert_eq!(size_of::<SockRevNatKey6>(), 32);
+        assert_eq!(size_of::<SockRevNat>(), 8);
+        assert_eq!(size_of::<AffinityKey>(), 16);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+    }
+}

@@ -1,0 +1,24 @@
+//! Socket-level load balancing for ClusterIP traffic.
+//!
+//! connect/sendmsg translate a (VIP, port, protocol) to one backend before the
+//! socket ever emits a packet, so established traffic pays nothing per packet;
+//! recvmsg/getpeername translate back so the application only ever sees the
+//! VIP.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod sock_lb;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
