@@ -1,1 +1,138 @@
-fn main(){}
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use proxy_user::{agent, ebpf::MapSizes, status};
+
+/// sluice-proxy: eBPF service load balancing, a kube-proxy replacement.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Run(RunArgs),
+    /// Show services, frontends and backends as programmed (from the pinned maps).
+    Status {
+        #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+        bpffs: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the programs and remove every map and link Sluice pinned.
+    Cleanup {
+        #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Standalone mode: follow a directory of Kubernetes YAML.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for the API server (default: in-cluster config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (topology, internalTrafficPolicy).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// cgroup v2 directory to attach to (default: the host's cgroup v2 root).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links (mounted if it is not a bpffs).
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    bpffs: PathBuf,
+    /// Prometheus metrics and health endpoints.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Max entries of the services map (frontends plus backend slots) per family.
+    #[arg(long, default_value_t = MapSizes::default().services)]
+    lb_map_max: u32,
+    /// Max entries of the backends map per family.
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    backend_map_max: u32,
+    /// Max entries of the socket reverse-NAT map (LRU).
+    #[arg(long, default_value_t = MapSizes::default().sock_revnat)]
+    sock_revnat_map_max: u32,
+    /// Max entries of the session-affinity map (LRU).
+    #[arg(long, default_value_t = MapSizes::default().affinity)]
+    affinity_map_max: u32,
+    /// Keep programs and maps in place on SIGTERM/SIGINT so traffic keeps
+    /// flowing across an upgrade (the DaemonSet sets this).
+    #[arg(long)]
+    keep_on_exit: bool,
+    /// Full resync period in seconds.
+    #[arg(long, default_value_t = 60)]
+    resync_secs: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-proxy: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(a) => {
+            let source = match (a.manifests, a.kubeconfig) {
+                (Some(dir), _) => agent::Source::Manifests(dir),
+                (None, kubeconfig) => agent::Source::Kube { kubeconfig },
+            };
+            let cfg = agent::Config {
+                source,
+                node_name: a.node_name,
+                cgroup: a.cgroup,
+                bpffs: a.bpffs,
+                sizes: MapSizes {
+                    services: a.lb_map_max,
+                    backends: a.backend_map_max,
+                    sock_revnat: a.sock_revnat_map_max,
+                    affinity: a.affinity_map_max,
+                },
+                keep_on_exit: a.keep_on_exit,
+                resync: Duration::from_secs(a.resync_secs.max(1)),
+            };
+            let _ = a.metrics_addr;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(agent::run(cfg))?;
+            Ok(())
+        }
+        Command::Status { bpffs, json } => {
+            let rows = status::read(&bpffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", status::table(&rows));
+            }
+            Ok(())
+        }
+        Command::Cleanup { bpffs } => {
+            let removed = proxy_user::ebpf::remove_pinned(&bpffs)?;
+            for r in &removed {
+                println!("removed {r}");
+            }
+            if removed.is_empty() {
+                println!("nothing pinned under {}", bpffs.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The eBPF dataplane: loads the embedded programs, pins maps and links under
+//! the bpffs directory, and applies diffs to the maps.
+//!
+//! Restart safety: maps are pinned by name, so a new agent reuses them; links
+//! are pinned too, and a new agent swaps its programs in with BPF_LINK_UPDATE
+//! instead of detaching and re-attaching, so no connect() is ever missed.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, Map, MapData, MapError},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use proxy_common::{
+    maps as names, Backend4, Backend6, RevNat4, RevNat6, ServiceKey4, ServiceKey6, ServiceValue,
+    BACKEND_ACTIVE, PROGRAMS, SVC_FLAG_AFFINITY,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    dataplane::Dataplane,
+    model::{BackendAddr, FrontendKey, Proto, Scope},
+    plan::{Diff, Programmed, ProgrammedFrontend},
+    sys,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-proxy-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("preparing bpffs at {path}: {source}")]
+    Bpffs { path: PathBuf, source: std::io::Error },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("link {path}: {source}")]
+    Link { path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Map sizes (max entries), from the agent's flags.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// Frontends plus backend slots, per address family.
+    pub services: u32,
+    pub backends: u32,
+    pub sock_revnat: u32,
+    pub affinity: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self { services: 262_144, backends: 131_072, sock_revnat: 262_144, affinity: 65_536 }
+    }
+}
+
+fn links_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("links")
+}
+
+pub struct EbpfDataplane {
+    svc4: HashMap<MapData, ServiceKey4, ServiceValue>,
+    svc6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    be4: HashMap<MapData, u32, Backend4>,
+    be6: HashMap<MapData, u32, Backend6>,
+    rnat4: HashMap<MapData, u32, RevNat4>,
+    rnat6: HashMap<MapData, u32, RevNat6>,
+    sizes: MapSizes,
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>> {
+    let map = bpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    HashMap::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+fn pinned_hash<K: aya::Pod, V: aya::Pod>(
+    bpffs: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>> {
+    let data = MapData::from_pin(bpffs.join(name)).map_err(|source| Error::Map { name, source })?;
+    HashMap::try_from(Map::HashMap(data)).map_err(|source| Error::Map { name, source })
+}
+
+impl EbpfDataplane {
+    /// Loads the programs, reusing pinned maps, and attaches them to `cgroup`
+    /// (or swaps them into the links a previous agent pinned).
+    pub fn load(bpffs: &Path, cgroup: &Path, sizes: MapSizes) -> Result<Self> {
+        sys::ensure_bpffs(bpffs).map_err(|source| Error::Bpffs { path: bpffs.into(), source })?;
+        let links = links_dir(bpffs);
+        std::fs::create_dir_all(&links).map_err(|source| Error::Bpffs { path: links.clone(), source })?;
+        let mut bpf = EbpfLoader::new()
+            .default_map_pin_directory(bpffs)
+            .map_max_entries(names::SERVICES4, sizes.services)
+            .map_max_entries(names::SERVICES6, sizes.services)
+            .map_max_entries(names::BACKENDS4, sizes.backends)
+            .map_max_entries(names::BACKENDS6, sizes.backends)
+            .map_max_entries(names::REVNAT4, sizes.services)
+            .map_max_entries(names::REVNAT6, sizes.services)
+            .map_max_entries(names::SOCK_REVNAT4, sizes.sock_revnat)
+            .map_max_entries(names::SOCK_REVNAT6, sizes.sock_revnat)
+            .map_max_entries(names::AFFINITY, sizes.affinity)
+            .load(OBJECT)?;
+        let cgroup_dir =
+            File::open(cgroup).map_err(|source| Error::Cgroup { path: cgroup.into(), source })?;
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = bpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| Error::Program { name, source })?;
+            prog.load().map_err(|source| Error::Program { name, source })?;
+            let pin = links.join(name);
+            if pin.exists() {
+                let link = sys::obj_get(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
+                let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
+                sys::link_update(link.as_fd(), fd.as_fd())
+                    .map_err(|source| Error::Link { path: pin.clone(), source })?;
+                debug!(program = name, "replaced program behind pinned link");
+            } else {
+                let id = prog
+                    .attach(&cgroup_dir, CgroupAttachMode::Single) // links are always multi; flags must be 0
+                    .map_err(|source| Error::Program { name, source })?;
+                let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
+                let link = FdLink::try_from(link).map_err(|e| Error::Link {
+                    path: pin.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                link.pin(&pin).map_err(|e| Error::Link {
+                    path: pin.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                debug!(program = name, cgroup = %cgroup.display(), "attached and pinned");
+            }
+        }
+        info!(bpffs = %bpffs.display(), cgroup = %cgroup.display(), "socket load balancer attached");
+        Ok(Self {
+            svc4: take_hash(&mut bpf, names::SERVICES4)?,
+            svc6: take_hash(&mut bpf, names::SERVICES6)?,
+            be4: take_hash(&mut bpf, names::BACKENDS4)?,
+            be6: take_hash(&mut bpf, names::BACKENDS6)?,
+            rnat4: take_hash(&mut bpf, names::REVNAT4)?,
+            rnat6: take_hash(&mut bpf, names::REVNAT6)?,
+            sizes,
+        })
+    }
+
+    /// Opens the pinned maps read-write without loading or attaching anything
+    /// (for `status`).
+    pub fn open_pinned(bpffs: &Path) -> Result<Self> {
+        Ok(Self {
+            svc4: pinned_hash(bpffs, names::SERVICES4)?,
+            svc6: pinned_hash(bpffs, names::SERVICES6)?,
+            be4: pinned_hash(bpffs, names::BACKENDS4)?,
+            be6: pinned_hash(bpffs, names::BACKENDS6)?,
+            rnat4: pinned_hash(bpffs, names::REVNAT4)?,
+            rnat6: pinned_hash(bpffs, names::REVNAT6)?,
+            sizes: MapSizes::default(),
+        })
+    }
+
+    pub fn sizes(&self) -> MapSizes {
+        self.sizes
+    }
+
+    fn write_slot(&mut self, key: &FrontendKey, slot: u16, value: &ServiceValue) -> Result<()> {
+        match key.addr {
+            IpAddr::V4(a) => self
+                .svc4
+                .insert(svc_key4(a, key, slot), value, 0)
+                .map_err(|source| Error::Map { name: names::SERVICES4, source }),
+            IpAddr::V6(a) => self
+                .svc6
+                .insert(svc_key6(a, key, slot), value, 0)
+                .map_err(|source| Error::Map { name: names::SERVICES6, source }),
+        }
+    }
+
+    fn delete_slot(&mut self, key: &FrontendKey, slot: u16) -> Result<()> {
+        let r = match key.addr {
+            IpAddr::V4(a) => self.svc4.remove(&svc_key4(a, key, slot)),
+            IpAddr::V6(a) => self.svc6.remove(&svc_key6(a, key, slot)),
+        };
+        ignore_missing(r).map_err(|source| Error::Map { name: names::SERVICES4, source })
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn svc_key4(a: Ipv4Addr, key: &FrontendKey, slot: u16) -> ServiceKey4 {
+    ServiceKey4 {
+        addr: u32::from_ne_bytes(a.octets()),
+        port: key.port.to_be(),
+        proto: key.proto.number(),
+        scope: key.scope.number(),
+        slot,
+        _pad: 0,
+    }
+}
+
+fn svc_key6(a: Ipv6Addr, key: &FrontendKey, slot: u16) -> ServiceKey6 {
+    ServiceKey6 {
+        addr: a.octets(),
+        port: key.port.to_be(),
+        proto: key.proto.number(),
+        scope: key.scope.number(),
+        slot,
+        _pad: 0,
+    }
+}
+
+fn frontend_value(f: &ProgrammedFrontend) -> ServiceValue {
+    ServiceValue {
+        backend_id: 0,
+        count: f.slots.len() as u32,
+        revnat_id: f.revnat_id,
+        flags: if f.affinity_timeout.is_some() { SVC_FLAG_AFFINITY } else { 0 },
+        affinity_timeout: f.affinity_timeout.unwrap_or(0),
+        _pad: 0,
+    }
+}
+
+fn slot_value(backend_id: u32) -> ServiceValue {
+    ServiceValue { backend_id, ..Default::default() }
+}
+
+impl Dataplane for EbpfDataplane {
+    type Error = Error;
+
+    fn apply(&mut self, diff: &Diff) -> Result<()> {
+        for (id, be) in &diff.backends_added {
+            match be.addr {
+                IpAddr::V4(a) => {
+                    let v = Backend4 {
+                        addr: u32::from_ne_bytes(a.octets()),
+                        port: be.port.to_be(),
+                        proto: be.proto.number(),
+                        state: BACKEND_ACTIVE,
+                    };
+                    self.be4.insert(id, v, 0).map_err(|source| Error::Map { name: names::BACKENDS4, source })?;
+                }
+                IpAddr::V6(a) => {
+                    let v = Backend6 {
+                        addr: a.octets(),
+                        port: be.port.to_be(),
+                        proto: be.proto.number(),
+                        state: BACKEND_ACTIVE,
+                    };
+                    self.be6.insert(id, v, 0).map_err(|source| Error::Map { name: names::BACKENDS6, source })?;
+                }
+            }
+        }
+        for change in &diff.frontends_changed {
+            let key = &change.key;
+            if change.old.as_ref().is_none_or(|o| o.revnat_id != change.new.revnat_id) {
+                match key.addr {
+                    IpAddr::V4(a) => self
+                        .rnat4
+                        .insert(
+                            change.new.revnat_id,
+                            RevNat4 { addr: u32::from_ne_bytes(a.octets()), port: key.port.to_be(), _pad: 0 },
+                            0,
+                        )
+                        .map_err(|source| Error::Map { name: names::REVNAT4, source })?,
+                    IpAddr::V6(a) => self
+                        .rnat6
+                        .insert(change.new.revnat_id, RevNat6 { addr: a.octets(), port: key.port.to_be(), _pad: 0 }, 0)
+                        .map_err(|source| Error::Map { name: names::REVNAT6, source })?,
+                }
+            }
+            let old_slots = change.old.as_ref().map_or(&[][..], |o| &o.slots[..]);
+            // Fill slots first, then publish the count, then trim: a reader
+            // never sees a count pointing past the filled slots.
+            for (i, id) in change.new.slots.iter().enumerate() {
+                if old_slots.get(i) != Some(id) {
+                    self.write_slot(key, (i + 1) as u16, &slot_value(*id))?;
+                }
+            }
+            if change.old.as_ref().is_none_or(|o| frontend_value(o) != frontend_value(&change.new)) {
+                self.write_slot(key, 0, &frontend_value(&change.new))?;
+            }
+            for i in change.new.slots.len()..old_slots.len() {
+                self.delete_slot(key, (i + 1) as u16)?;
+            }
+        }
+        for (key, old) in &diff.frontends_removed {
+            self.delete_slot(key, 0)?;
+            for i in 0..old.slots.len() {
+                self.delete_slot(key, (i + 1) as u16)?;
+            }
+            let r = match key.addr {
+                IpAddr::V4(_) => self.rnat4.remove(&old.revnat_id),
+                IpAddr::V6(_) => self.rnat6.remove(&old.revnat_id),
+            };
+            ignore_missing(r).map_err(|source| Error::Map { name: names::REVNAT4, source })?;
+        }
+        for (id, be) in &diff.backends_removed {
+            let r = match be.addr {
+                IpAddr::V4(_) => self.be4.remove(id),
+                IpAddr::V6(_) => self.be6.remove(id),
+            };
+            ignore_missing(r).map_err(|source| Error::Map { name: names::BACKENDS4, source })?;
+        }
+        Ok(())
+    }
+
+    fn programmed(&self) -> Result<Programmed> {
+        let mut out = Programmed::default();
+        let mut slots4 = std::collections::HashMap::new();
+        for entry in self.svc4.iter() {
+            let (k, v) = entry.map_err(|source| Error::Map { name: names::SERVICES4, source })?;
+            let Some(proto) = Proto::from_number(k.proto) else { continue };
+            let fk = FrontendKey {
+                addr: IpAddr::V4(Ipv4Addr::from(k.addr.to_ne_bytes())),
+                port: u16::from_be(k.port),
+                proto,
+                scope: Scope::Cluster,
+            };
+            slots4.entry(fk).or_insert_with(Vec::new).push((k.slot, v));
+        }
+        for entry in self.svc6.iter() {
+            let (k, v) = entry.map_err(|source| Error::Map { name: names::SERVICES6, source })?;
+            let Some(proto) = Proto::from_number(k.proto) else { continue };
+            let fk = FrontendKey {
+                addr: IpAddr::V6(Ipv6Addr::from(k.addr)),
+                port: u16::from_be(k.port),
+                proto,
+                scope: Scope::Cluster,
+            };
+            slots4.entry(fk).or_insert_with(Vec::new).push((k.slot, v));
+        }
+        for (fk, mut entries) in slots4 {
+            entries.sort_unstable_by_key(|(slot, _)| *slot);
+            let Some((0, head)) = entries.first().copied() else {
+                warn!(frontend = %fk, "slots without a frontend entry in the pinned map; they will be removed");
+                // A frontend with an impossible count makes the planner rewrite it.
+                out.frontends.insert(
+                    fk,
+                    ProgrammedFrontend {
+                        revnat_id: 0,
+                        slots: entries.iter().map(|(_, v)| v.backend_id).collect(),
+                        affinity_timeout: None,
+                    },
+                );
+                continue;
+            };
+            let slots: Vec<u32> = entries[1..]
+                .iter()
+                .filter(|(slot, _)| u32::from(*slot) <= head.count)
+                .map(|(_, v)| v.backend_id)
+                .collect();
+            out.frontends.insert(
+                fk,
+                ProgrammedFrontend {
+                    revnat_id: head.revnat_id,
+                    slots,
+                    affinity_timeout: (head.flags & SVC_FLAG_AFFINITY != 0).then_some(head.affinity_timeout),
+                },
+            );
+        }
+        for entry in self.be4.iter() {
+            let (id, b) = entry.map_err(|source| Error::Map { name: names::BACKENDS4, source })?;
+            let Some(proto) = Proto::from_number(b.proto) else { continue };
+            out.backends.insert(
+                id,
+                BackendAddr { addr: IpAddr::V4(Ipv4Addr::from(b.addr.to_ne_bytes())), port: u16::from_be(b.port), proto },
+            );
+        }
+        for entry in self.be6.iter() {
+            let (id, b) = entry.map_err(|source| Error::Map { name: names::BACKENDS6, source })?;
+            let Some(proto) = Proto::from_number(b.proto) else { continue };
+            out.backends.insert(
+                id,
+                BackendAddr { addr: IpAddr::V6(Ipv6Addr::from(b.addr)), port: u16::from_be(b.port), proto },
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Removes every link and map Sluice pinned under `bpffs`: the programs detach
+/// as their last reference goes. Returns the names removed.
+pub fn remove_pinned(bpffs: &Path) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let links = links_dir(bpffs);
+    for name in PROGRAMS {
+        let pin = links.join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => removed.push(format!("link {name}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = std::fs::remove_dir(&links);
+    for name in names::ALL {
+        match std::fs::remove_file(bpffs.join(name)) {
+            Ok(()) => removed.push(format!("map {name}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,102 @@
+//! The level-triggered loop body: snapshot -> desired state -> diff -> apply.
+
+use std::{collections::HashSet, time::Instant};
+
+use sluice_k8s::Snapshot;
+use tracing::{debug, info, warn};
+
+use crate::{
+    dataplane::Dataplane,
+    model::{NodeInfo, Translator},
+    plan::Planner,
+};
+
+/// What one reconcile did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub frontends: usize,
+    pub backends: usize,
+    pub entry_writes: usize,
+    pub changed_frontends: usize,
+    pub micros: u128,
+}
+
+pub struct Reconciler<D: Dataplane> {
+    dataplane: D,
+    planner: Planner,
+    translator: Translator,
+    node_name: String,
+    warned: HashSet<String>,
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    /// Adopts whatever the dataplane already holds.
+    pub fn new(dataplane: D, node_name: impl Into<String>) -> Result<Self, D::Error> {
+        let programmed = dataplane.programmed()?;
+        if !programmed.frontends.is_empty() {
+            info!(
+                frontends = programmed.frontends.len(),
+                backends = programmed.backends.len(),
+                "adopted programmed state"
+            );
+        }
+        Ok(Self {
+            dataplane,
+            planner: Planner::adopt(programmed),
+            translator: Translator::new(),
+            node_name: node_name.into(),
+            warned: HashSet::new(),
+        })
+    }
+
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    /// Converges the dataplane to `snap`. On a failed apply the dataplane is
+    /// read back so the next call compares against what is really there.
+    pub fn reconcile(&mut self, snap: &Snapshot) -> Result<Stats, D::Error> {
+        let start = Instant::now();
+        let node = NodeInfo::from_snapshot(&self.node_name, snap);
+        let (desired, warnings) = self.translator.compute(snap, &node);
+        let current: HashSet<String> = warnings.into_iter().collect();
+        for w in current.difference(&self.warned) {
+            warn!("{w}");
+        }
+        self.warned = current;
+        let diff = self.planner.plan(&desired);
+        let mut stats = Stats {
+            frontends: desired.frontends.len(),
+            entry_writes: diff.entry_writes(),
+            changed_frontends: diff.frontends_changed.len() + diff.frontends_removed.len(),
+            ..Default::default()
+        };
+        if !diff.is_empty() {
+            if let Err(e) = self.dataplane.apply(&diff) {
+                match self.dataplane.programmed() {
+                    Ok(p) => self.planner.reset(p),
+                    Err(e2) => warn!(error = %e2, "reading the dataplane back failed"),
+                }
+                return Err(e);
+            }
+            self.planner.commit(&diff, &desired);
+        } else {
+            self.planner.commit(&diff, &desired);
+        }
+        stats.backends = self.planner.programmed().backends.len();
+        stats.micros = start.elapsed().as_micros();
+        if stats.entry_writes > 0 {
+            info!(
+                frontends = stats.frontends,
+                backends = stats.backends,
+                changed = stats.changed_frontends,
+                writes = stats.entry_writes,
+                micros = stats.micros as u64,
+                "dataplane synced"
+            );
+        } else {
+            debug!(micros = stats.micros as u64, "nothing to change");
+        }
+        Ok(stats)
+    }
+}
