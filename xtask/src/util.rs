@@ -1,0 +1,73 @@
+//! Process helpers shared by the tasks.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// `cargo` from PATH (the rustup proxy, so `+nightly` inside build scripts
+/// keeps working), run from the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a command with inherited stdio; an error names the command.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let what = describe(cmd);
+    println!("xtask: $ {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{what}`"))?;
+    if !status.success() {
+        bail!("`{what}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command quietly and returns its stdout (None if it could not run or failed).
+pub fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("`{what}` must run as root (it manages packages, network namespaces and cgroups); rerun it as root");
+    }
+    Ok(())
+}
+
+/// Cargo's target directory for this workspace (honours CARGO_TARGET_DIR and config).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let out = output(cargo().args(["metadata", "--no-deps", "--format-version", "1"]))
+        .context("`cargo metadata` failed")?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parse cargo metadata")?;
+    let dir = v["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
