@@ -79,6 +79,15 @@ fn parse_value(
     } else {
         format!("{kind} {namespace}/{name}")
     };
+    let mut value = value;
+    if let Some(meta) = value.get_mut("metadata").and_then(serde_yaml::Value::as_mapping_mut) {
+        let annotations = meta
+            .entry("annotations".into())
+            .or_insert_with(|| serde_yaml::Value::Mapping(serde_yaml::Mapping::new()));
+        if let Some(a) = annotations.as_mapping_mut() {
+            a.insert(crate::semantics::SOURCE_ANNOTATION.into(), file.into());
+        }
+    }
     let result = match (api_version.as_str(), kind.as_str()) {
         ("v1", "List") => {
             let items = value.get("items").and_then(serde_yaml::Value::as_sequence).cloned();

@@ -14,6 +14,20 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Services carrying this label are not proxied at all.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Set by the manifests source on every object it reads: the file it came
+/// from, so warnings about an object can name its file.
+pub const SOURCE_ANNOTATION: &str = "sluice.dev/source-file";
+
+/// "Service default/web" plus " (file /x/web.yaml)" when the object came from a manifest.
+pub fn describe(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let name = meta.name.as_deref().unwrap_or("");
+    match meta.annotations.as_ref().and_then(|a| a.get(SOURCE_ANNOTATION)) {
+        Some(file) => format!("{kind} {ns}/{name} (file {file})"),
+        None => format!("{kind} {ns}/{name}"),
+    }
+}
+
 /// Zone label on Nodes.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 

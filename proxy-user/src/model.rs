@@ -161,11 +161,12 @@ pub fn service_frontends(
         return out;
     }
     let Some(spec) = svc.spec.as_ref() else { return out };
+    let what = semantics::describe("Service", &svc.metadata);
     let mut vips = Vec::new();
     for ip in semantics::cluster_ips(svc) {
         match ip.parse::<IpAddr>() {
             Ok(ip) => vips.push(ip),
-            Err(_) => out.warnings.push(format!("Service {key}: invalid clusterIP {ip:?}, skipped")),
+            Err(_) => out.warnings.push(format!("{what}: invalid clusterIP {ip:?}, skipped")),
         }
     }
     if vips.is_empty() {
@@ -186,13 +187,13 @@ pub fn service_frontends(
         let proto_name = semantics::service_port_protocol(port);
         let Some(proto) = parse_proto(proto_name) else {
             out.warnings.push(format!(
-                "Service {key}: port {} uses protocol {proto_name}, which sluice-proxy does not support; skipped",
+                "{what}: port {} uses protocol {proto_name}, which sluice-proxy does not support; skipped",
                 port.port
             ));
             continue;
         };
         let Ok(svc_port) = u16::try_from(port.port) else {
-            out.warnings.push(format!("Service {key}: port {} out of range, skipped", port.port));
+            out.warnings.push(format!("{what}: port {} out of range, skipped", port.port));
             continue;
         };
         for vip in &vips {
@@ -244,9 +245,8 @@ fn port_backends(
                 Ok(a) if a.is_ipv4() == v4 => a,
                 _ => {
                     warnings.push(format!(
-                        "EndpointSlice {}/{} of Service {key}: invalid {family} address {raw:?}, endpoint skipped",
-                        key.namespace,
-                        slice.metadata.name.as_deref().unwrap_or("")
+                        "{} of Service {key}: invalid {family} address {raw:?}, endpoint skipped",
+                        semantics::describe("EndpointSlice", &slice.metadata)
                     ));
                     continue;
                 }

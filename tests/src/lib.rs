@@ -8,6 +8,7 @@
 mod process;
 mod sys;
 mod topology;
+pub mod proxy;
 
 use std::path::PathBuf;
 
