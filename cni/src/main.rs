@@ -1,5 +1,31 @@
-//! Placeholder: sluice-cni is being written; it does nothing yet.
-fn main() -> std::process::ExitCode {
-    eprintln!("sluice-cni: not implemented yet");
-    std::process::ExitCode::FAILURE
+//! `sluice-cni`: the CNI plugin when `CNI_COMMAND` is set, the node daemon
+//! with `sluice-cni daemon ...`.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice-cni", version, about = "Sluice pod networking: CNI plugin (CNI_COMMAND set) and node daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node daemon (VXLAN/host-gw routes, masquerade, subnet file, conflist).
+    Daemon(sluice_cni::daemon::Args),
+}
+
+fn main() {
+    // A runtime invokes a plugin without arguments (the command comes in
+    // CNI_COMMAND); that path skips argument parsing entirely.
+    if std::env::args_os().len() == 1 {
+        std::process::exit(sluice_cni::plugin::main_from_env());
+    }
+    let Cmd::Daemon(args) = Cli::parse().command;
+    sluice_cni::logging::init_daemon();
+    if let Err(e) = sluice_cni::daemon::run(args) {
+        eprintln!("sluice-cni daemon: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,5 +1,12 @@
-//! Placeholder: sluice-dns is being written; it does nothing yet.
+use clap::Parser as _;
+
 fn main() -> std::process::ExitCode {
-    eprintln!("sluice-dns: not implemented yet");
-    std::process::ExitCode::FAILURE
+    let args = sluice_dns::cli::Args::parse();
+    match sluice_dns::cli::run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-dns: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

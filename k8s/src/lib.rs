@@ -1,11 +1,13 @@
 //! Kubernetes inputs shared by every Sluice component: the cluster snapshot,
-//! the standalone manifests source, and the Service/EndpointSlice semantics
-//! (which endpoints are usable) written once.
+//! the API server source ([`kube_source`]), the standalone manifests source,
+//! and the Service/EndpointSlice semantics (which endpoints are usable)
+//! written once.
 //!
 //! Sources are level-triggered: they publish a full [`Snapshot`] on every
 //! change through a `tokio::sync::watch` channel; consumers always converge to
 //! the latest one and never rely on individual events.
 
+pub mod kube_source;
 pub mod manifests;
 pub mod semantics;
 pub mod snapshot;
@@ -27,6 +29,16 @@ pub enum Error {
         #[source]
         source: notify::Error,
     },
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no in-cluster config and no usable default kubeconfig: {0}")]
+    InferConfig(#[source] kube::config::InferConfigError),
+    #[error("building the API client: {0}")]
+    Client(#[source] kube::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,6 +11,8 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod sock_lb;
+#[cfg(target_arch = "bpf")]
+mod tc;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -16,12 +16,14 @@ use proxy_common::{
 };
 
 // Sizes here are defaults; the agent overrides them from its flags.
+// SLC_SVC4 and SLC_BE4 are pub(crate): the tc programs (tc.rs) look up
+// external frontends (scope SCOPE_EXTERNAL) and backends in the same maps.
 #[map]
-static SLC_SVC4: HashMap<ServiceKey4, ServiceValue> = HashMap::pinned(65536, 0);
+pub(crate) static SLC_SVC4: HashMap<ServiceKey4, ServiceValue> = HashMap::pinned(65536, 0);
 #[map]
 static SLC_SVC6: HashMap<ServiceKey6, ServiceValue> = HashMap::pinned(65536, 0);
 #[map]
-static SLC_BE4: HashMap<u32, Backend4> = HashMap::pinned(65536, 0);
+pub(crate) static SLC_BE4: HashMap<u32, Backend4> = HashMap::pinned(65536, 0);
 #[map]
 static SLC_BE6: HashMap<u32, Backend6> = HashMap::pinned(65536, 0);
 #[map]

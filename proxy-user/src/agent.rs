@@ -10,6 +10,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    metrics::{MapLabel, Metrics},
     ebpf::{self, EbpfDataplane, MapSizes},
     reconcile::Reconciler,
 };
@@ -26,6 +27,10 @@ pub enum Error {
     KubeNotYet,
     #[error("finding the cgroup v2 root: {0}")]
     Cgroup(std::io::Error),
+    #[error("reading the IPv4 addresses of the external interfaces: {0}")]
+    ExternalInterfaces(std::io::Error),
+    #[error("serving metrics on {addr}: {source}")]
+    Metrics { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signal(std::io::Error),
     #[error("removing pinned objects under {path}: {source}")]
@@ -52,6 +57,19 @@ pub struct Config {
     pub keep_on_exit: bool,
     /// Periodic full resync, even without changes.
     pub resync: Duration,
+    /// Where to serve /metrics, /healthz and /readyz.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// NodePort / LoadBalancer / ExternalIP traffic at tc; `None` leaves it off.
+    pub external: Option<ExternalSettings>,
+}
+
+/// The external path's settings: where to attach and what to serve.
+#[derive(Clone, Debug)]
+pub struct ExternalSettings {
+    pub attach: crate::external_dp::ExternalAttach,
+    /// Node addresses; empty means the IPv4 addresses of the interfaces.
+    pub node_ips: Vec<std::net::Ipv4Addr>,
+    pub model: crate::external::ExternalConfig,
 }
 
 /// Retry delay after a failed apply.
@@ -71,15 +89,49 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         None => crate::sys::cgroup2_root().map_err(Error::Cgroup)?,
     };
     let mut snapshots = open_source(&cfg.source)?;
-    let dataplane = EbpfDataplane::load(&cfg.bpffs, &cgroup, cfg.sizes)?;
+    let dataplane =
+        EbpfDataplane::load_with(&cfg.bpffs, &cgroup, cfg.sizes, cfg.external.as_ref().map(|e| &e.attach))?;
     let mut reconciler = Reconciler::new(dataplane, cfg.node_name.clone())?;
+    let metrics = Arc::new(Metrics::new());
+    reconciler.set_metrics(metrics.clone());
+    if let Some(addr) = cfg.metrics_addr {
+        // Liveness allows three missed resync periods before calling the loop stuck.
+        crate::metrics::serve(addr, metrics.clone(), cfg.resync.as_secs() * 3 + 5)
+            .await
+            .map_err(|source| Error::Metrics { addr, source })?;
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let mut external = match &cfg.external {
+        Some(e) => {
+            let mut model = e.model.clone();
+            model.node_ips = if e.node_ips.is_empty() {
+                crate::external_dp::interface_ipv4s(&e.attach.interfaces).map_err(Error::ExternalInterfaces)?
+            } else {
+                e.node_ips.clone()
+            };
+            reconciler.set_external(Some(model.clone()));
+            Some(crate::external_dp::ExternalRuntime::open(&cfg.bpffs, model)?)
+        }
+        None => None,
+    };
+    let mut gc = tokio::time::interval(crate::external_dp::GC_INTERVAL);
     let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
     info!(node = %cfg.node_name, "sluice-proxy running");
     loop {
         let snap = snapshots.borrow_and_update().clone();
+        metrics.beat();
         let wait = match reconciler.reconcile(&snap) {
-            Ok(_) => cfg.resync,
+            Ok(_) => match {
+                record_fill(&metrics, reconciler.programmed(), cfg.sizes);
+                external.as_mut()
+            }.map(|x| x.after_reconcile(&snap, &cfg.node_name)) {
+                Some(Err(e)) => {
+                    error!(error = %e, "programming the external datapath failed; retrying");
+                    RETRY
+                }
+                _ => cfg.resync,
+            },
             Err(e) => {
                 error!(error = %e, "applying to the dataplane failed; retrying");
                 RETRY
@@ -94,10 +146,20 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                 }
             }
             () = tokio::time::sleep(wait) => {}
+            _ = gc.tick(), if external.is_some() => {
+                if let Some(x) = external.as_mut() {
+                    let n = x.gc();
+                    if n > 0 {
+                        tracing::debug!(removed = n, "conntrack garbage collected");
+                    }
+                }
+                continue;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    drop(external);
     drop(reconciler);
     if cfg.keep_on_exit {
         info!(bpffs = %cfg.bpffs.display(), "exiting; programs and maps stay pinned and keep serving");
@@ -107,4 +169,27 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         info!(removed = removed.len(), "detached and removed pinned objects");
     }
     Ok(())
+}
+
+/// Map fill ratios from what is programmed (frontends plus slots per family).
+fn record_fill(metrics: &Metrics, p: &crate::plan::Programmed, sizes: MapSizes) {
+    let (mut svc4, mut svc6) = (0usize, 0usize);
+    for (k, f) in &p.frontends {
+        let n = 1 + f.slots.len();
+        if k.addr.is_ipv4() { svc4 += n } else { svc6 += n }
+    }
+    let (be4, be6) = p.backends.values().fold((0usize, 0usize), |(a, b), be| {
+        if be.addr.is_ipv4() { (a + 1, b) } else { (a, b + 1) }
+    });
+    for (map, used, max) in [
+        (proxy_common::maps::SERVICES4, svc4, sizes.services),
+        (proxy_common::maps::SERVICES6, svc6, sizes.services),
+        (proxy_common::maps::BACKENDS4, be4, sizes.backends),
+        (proxy_common::maps::BACKENDS6, be6, sizes.backends),
+    ] {
+        metrics
+            .map_fill
+            .get_or_create(&MapLabel { map: map.to_owned() })
+            .set(used as f64 / f64::from(max.max(1)));
+    }
 }

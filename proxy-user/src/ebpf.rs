@@ -104,6 +104,17 @@ impl EbpfDataplane {
     /// Loads the programs, reusing pinned maps, and attaches them to `cgroup`
     /// (or swaps them into the links a previous agent pinned).
     pub fn load(bpffs: &Path, cgroup: &Path, sizes: MapSizes) -> Result<Self> {
+        Self::load_with(bpffs, cgroup, sizes, None)
+    }
+
+    /// [`EbpfDataplane::load`], plus the external path's programs (tc on
+    /// `external.interfaces`, the NodePort bind4 guard) when given.
+    pub fn load_with(
+        bpffs: &Path,
+        cgroup: &Path,
+        sizes: MapSizes,
+        external: Option<&crate::external_dp::ExternalAttach>,
+    ) -> Result<Self> {
         sys::ensure_bpffs(bpffs).map_err(|source| Error::Bpffs { path: bpffs.into(), source })?;
         let links = links_dir(bpffs);
         std::fs::create_dir_all(&links).map_err(|source| Error::Bpffs { path: links.clone(), source })?;
@@ -152,6 +163,9 @@ impl EbpfDataplane {
             }
         }
         info!(bpffs = %bpffs.display(), cgroup = %cgroup.display(), "socket load balancer attached");
+        if let Some(ext) = external {
+            crate::external_dp::attach(&mut bpf, &links, &cgroup_dir, ext)?;
+        }
         Ok(Self {
             svc4: take_hash(&mut bpf, names::SERVICES4)?,
             svc6: take_hash(&mut bpf, names::SERVICES6)?,
@@ -334,22 +348,24 @@ impl Dataplane for EbpfDataplane {
         for entry in self.svc4.iter() {
             let (k, v) = entry.map_err(|source| Error::Map { name: names::SERVICES4, source })?;
             let Some(proto) = Proto::from_number(k.proto) else { continue };
+            let Some(scope) = Scope::from_number(k.scope) else { continue };
             let fk = FrontendKey {
                 addr: IpAddr::V4(Ipv4Addr::from(k.addr.to_ne_bytes())),
                 port: u16::from_be(k.port),
                 proto,
-                scope: Scope::Cluster,
+                scope,
             };
             slots4.entry(fk).or_insert_with(Vec::new).push((k.slot, v));
         }
         for entry in self.svc6.iter() {
             let (k, v) = entry.map_err(|source| Error::Map { name: names::SERVICES6, source })?;
             let Some(proto) = Proto::from_number(k.proto) else { continue };
+            let Some(scope) = Scope::from_number(k.scope) else { continue };
             let fk = FrontendKey {
                 addr: IpAddr::V6(Ipv6Addr::from(k.addr)),
                 port: u16::from_be(k.port),
                 proto,
-                scope: Scope::Cluster,
+                scope,
             };
             slots4.entry(fk).or_insert_with(Vec::new).push((k.slot, v));
         }
@@ -407,6 +423,13 @@ impl Dataplane for EbpfDataplane {
 pub fn remove_pinned(bpffs: &Path) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
     let links = links_dir(bpffs);
+    for pin in crate::external_dp::pinned_links(&links) {
+        match std::fs::remove_file(&pin) {
+            Ok(()) => removed.push(format!("link {}", pin.file_name().unwrap_or_default().to_string_lossy())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
     for name in PROGRAMS {
         let pin = links.join(name);
         match std::fs::remove_file(&pin) {
@@ -416,7 +439,7 @@ pub fn remove_pinned(bpffs: &Path) -> std::io::Result<Vec<String>> {
         }
     }
     let _ = std::fs::remove_dir(&links);
-    for name in names::ALL {
+    for name in names::ALL.into_iter().chain(proxy_common::external::MAPS) {
         match std::fs::remove_file(bpffs.join(name)) {
             Ok(()) => removed.push(format!("map {name}")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -6,8 +6,12 @@
 //! [`agent`] (sources, signals, the loop).
 
 pub mod agent;
+pub mod config;
 pub mod dataplane;
 pub mod ebpf;
+pub mod external;
+pub mod external_dp;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

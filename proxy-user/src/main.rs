@@ -1,11 +1,11 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use proxy_user::{agent, ebpf::MapSizes, status};
+use proxy_user::{agent, config, ebpf::MapSizes, status};
 
 /// sluice-proxy: eBPF service load balancing, a kube-proxy replacement.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +32,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// A YAML config file whose keys are the flags of `run` in camelCase
+    /// (e.g. `bpffs`, `metricsAddr`, `keepOnExit`); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Standalone mode: follow a directory of Kubernetes YAML.
     #[arg(long, conflicts_with = "kubeconfig")]
     manifests: Option<PathBuf>,
@@ -69,6 +73,29 @@ struct RunArgs {
     /// Full resync period in seconds.
     #[arg(long, default_value_t = 60)]
     resync_secs: u64,
+    /// Interfaces facing outside clients: serve NodePorts, LoadBalancer IPs
+    /// and ExternalIPs there at tc (off when empty).
+    #[arg(long, value_delimiter = ',')]
+    external_interfaces: Vec<String>,
+    /// This node's addresses for NodePorts (default: the IPv4 addresses of
+    /// --external-interfaces).
+    #[arg(long, value_delimiter = ',')]
+    node_ip: Vec<std::net::Ipv4Addr>,
+    /// nodePortAddresses: CIDRs selecting which node addresses answer NodePorts (default: all).
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<ipnetwork::Ipv4Network>,
+    /// Backend selection for external traffic.
+    #[arg(long, value_enum, default_value_t = LbAlgorithmArg::Random)]
+    lb_algorithm: LbAlgorithmArg,
+    /// Size of each Maglev table (a prime, larger than any Service's backend count).
+    #[arg(long, default_value_t = proxy_user::external::DEFAULT_MAGLEV_SIZE)]
+    maglev_table_size: u32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LbAlgorithmArg {
+    Random,
+    Maglev,
 }
 
 fn main() -> ExitCode {
@@ -80,7 +107,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    match real_main(Cli::parse()) {
+    let args = match config::expand_args(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sluice-proxy: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match real_main(Cli::parse_from(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-proxy: error: {e:#}");
@@ -96,6 +130,22 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 (Some(dir), _) => agent::Source::Manifests(dir),
                 (None, kubeconfig) => agent::Source::Kube { kubeconfig },
             };
+            if !proxy_user::external::is_prime(a.maglev_table_size) {
+                anyhow::bail!("--maglev-table-size {} is not a prime", a.maglev_table_size);
+            }
+            let external = (!a.external_interfaces.is_empty()).then(|| agent::ExternalSettings {
+                attach: proxy_user::external_dp::ExternalAttach { interfaces: a.external_interfaces.clone() },
+                node_ips: a.node_ip.clone(),
+                model: proxy_user::external::ExternalConfig {
+                    node_ips: Vec::new(),
+                    nodeport_addresses: a.nodeport_addresses.clone(),
+                    lb_algorithm: match a.lb_algorithm {
+                        LbAlgorithmArg::Random => proxy_user::external::LbAlgorithm::Random,
+                        LbAlgorithmArg::Maglev => proxy_user::external::LbAlgorithm::Maglev,
+                    },
+                    maglev_size: a.maglev_table_size,
+                },
+            });
             let cfg = agent::Config {
                 source,
                 node_name: a.node_name,
@@ -109,8 +159,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 },
                 keep_on_exit: a.keep_on_exit,
                 resync: Duration::from_secs(a.resync_secs.max(1)),
+                metrics_addr: a.metrics_addr,
+                external,
             };
-            let _ = a.metrics_addr;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(agent::run(cfg))?;
             Ok(())

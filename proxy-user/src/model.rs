@@ -53,16 +53,28 @@ impl fmt::Display for Proto {
     }
 }
 
-/// Where a frontend answers. Only ClusterIP is served at the socket today.
+/// Where a frontend answers. `Cluster` frontends are served at the socket
+/// (ClusterIPs, and the node/LB/external addresses pods and the host reach);
+/// `External` ones at tc for packets from outside (see [`crate::external`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     Cluster,
+    External,
 }
 
 impl Scope {
     pub fn number(self) -> u8 {
         match self {
             Scope::Cluster => proxy_common::SCOPE_CLUSTER,
+            Scope::External => proxy_common::SCOPE_EXTERNAL,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            proxy_common::SCOPE_CLUSTER => Some(Scope::Cluster),
+            proxy_common::SCOPE_EXTERNAL => Some(Scope::External),
+            _ => None,
         }
     }
 }
@@ -79,9 +91,13 @@ pub struct FrontendKey {
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto)?,
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto)?,
         }
+        if self.scope == Scope::External {
+            f.write_str(" (external)")?;
+        }
+        Ok(())
     }
 }
 
@@ -141,7 +157,7 @@ pub struct ServiceTranslation {
     pub warnings: Vec<String>,
 }
 
-fn parse_proto(p: &str) -> Option<Proto> {
+pub(crate) fn parse_proto(p: &str) -> Option<Proto> {
     match p {
         "TCP" => Some(Proto::Tcp),
         "UDP" => Some(Proto::Udp),
@@ -217,8 +233,8 @@ struct Candidate<'a> {
     addr: BackendAddr,
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
-fn port_backends(
+#[expect(clippy::too_many_arguments, reason = "two call sites; a struct would only rename them")]
+pub(crate) fn port_backends(
     key: &ObjectKey,
     port: &ServicePort,
     proto: Proto,
@@ -332,11 +348,26 @@ pub struct DesiredState {
 #[derive(Default)]
 pub struct Translator {
     memo: HashMap<ObjectKey, Memo>,
+    external: Option<Arc<crate::external::ExternalConfig>>,
+    recomputed: Vec<ObjectKey>,
 }
 
 impl Translator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also translate NodePorts, LoadBalancer IPs and ExternalIPs (see
+    /// [`crate::external::external_frontends`]); `None` turns that off.
+    pub fn set_external(&mut self, cfg: Option<crate::external::ExternalConfig>) {
+        self.external = cfg.map(Arc::new);
+        self.memo.clear();
+    }
+
+    /// The Services whose translation the last [`Translator::compute`] redid
+    /// (new or changed objects).
+    pub fn recomputed(&self) -> &[ObjectKey] {
+        &self.recomputed
     }
 
     /// Returns the desired state and the warnings of this snapshot (each a
@@ -346,6 +377,7 @@ impl Translator {
         let mut warnings = Vec::new();
         let mut owners: HashMap<FrontendKey, ObjectKey> = HashMap::new();
         let mut next_memo = HashMap::with_capacity(snap.services.len());
+        self.recomputed.clear();
         for (key, svc) in &snap.services {
             let slices: Vec<Arc<EndpointSlice>> = snap.slices_of(key).cloned().collect();
             let memo = match self.memo.remove(key) {
@@ -358,8 +390,15 @@ impl Translator {
                     m
                 }
                 _ => {
+                    self.recomputed.push(key.clone());
                     let refs: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
-                    let result = Arc::new(service_frontends(key, svc, &refs, node));
+                    let mut result = service_frontends(key, svc, &refs, node);
+                    if let Some(cfg) = &self.external {
+                        let ext = crate::external::external_frontends(key, svc, &refs, node, cfg);
+                        result.frontends.extend(ext.frontends);
+                        result.warnings.extend(ext.warnings);
+                    }
+                    let result = Arc::new(result);
                     Memo { svc: svc.clone(), slices, node: node.clone(), result }
                 }
             };

@@ -27,6 +27,7 @@ pub struct Reconciler<D: Dataplane> {
     translator: Translator,
     node_name: String,
     warned: HashSet<String>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -46,11 +47,27 @@ impl<D: Dataplane> Reconciler<D> {
             translator: Translator::new(),
             node_name: node_name.into(),
             warned: HashSet::new(),
+            metrics: None,
         })
+    }
+
+    /// What the dataplane holds, as last applied.
+    pub fn programmed(&self) -> &crate::plan::Programmed {
+        self.planner.programmed()
     }
 
     pub fn dataplane(&self) -> &D {
         &self.dataplane
+    }
+
+    /// Export sync and programming-latency metrics.
+    pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Also program external frontends (NodePort, LB IPs, ExternalIPs).
+    pub fn set_external(&mut self, cfg: Option<crate::external::ExternalConfig>) {
+        self.translator.set_external(cfg);
     }
 
     /// Converges the dataplane to `snap`. On a failed apply the dataplane is
@@ -77,6 +94,9 @@ impl<D: Dataplane> Reconciler<D> {
                     Ok(p) => self.planner.reset(p),
                     Err(e2) => warn!(error = %e2, "reading the dataplane back failed"),
                 }
+                if let Some(m) = &self.metrics {
+                    m.error("apply");
+                }
                 return Err(e);
             }
             self.planner.commit(&diff, &desired);
@@ -85,6 +105,9 @@ impl<D: Dataplane> Reconciler<D> {
         }
         stats.backends = self.planner.programmed().backends.len();
         stats.micros = start.elapsed().as_micros();
+        if let Some(m) = &self.metrics {
+            self.observe(m, snap, &stats, self.warned.len());
+        }
         if stats.entry_writes > 0 {
             info!(
                 frontends = stats.frontends,
@@ -98,5 +121,31 @@ impl<D: Dataplane> Reconciler<D> {
             debug!(micros = stats.micros as u64, "nothing to change");
         }
         Ok(stats)
+    }
+
+    fn observe(&self, m: &crate::metrics::Metrics, snap: &Snapshot, stats: &Stats, invalid: usize) {
+        m.sync_duration.observe(stats.micros as f64 / 1e6);
+        m.frontends.set(stats.frontends as i64);
+        m.backends.set(stats.backends as i64);
+        m.invalid_objects.set(invalid as i64);
+        if stats.entry_writes > 0 {
+            let now = std::time::SystemTime::now();
+            for key in self.translator.recomputed() {
+                for slice in snap.slices_of(key) {
+                    let trigger = slice
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("endpoints.kubernetes.io/last-change-trigger-time"))
+                        .and_then(|t| crate::metrics::trigger_time(t));
+                    if let Some(latency) = trigger.and_then(|t| now.duration_since(t).ok()) {
+                        m.programming_latency.observe(latency.as_secs_f64());
+                    }
+                }
+            }
+        }
+        if snap.synced {
+            m.set_ready();
+        }
     }
 }

@@ -5,9 +5,11 @@
 //! each node a cgroup v2 directory, runs processes inside them and removes all
 //! of it on drop. [`cleanup_leftovers`] removes what a crashed run left behind.
 
+pub mod bench;
 mod process;
 mod sys;
 mod topology;
+pub mod apiserver;
 pub mod proxy;
 
 use std::path::PathBuf;

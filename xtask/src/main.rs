@@ -36,7 +36,7 @@ enum Cmd {
     /// Remove namespaces, cgroups, bpffs mounts and scratch dirs left by crashed tests.
     Clean {
         /// Name prefix of what to remove.
-        #[arg(long, default_value = tests::NAME_PREFIX)]
+        #[arg(long, default_value = NAME_PREFIX)]
         prefix: String,
     },
 }
@@ -69,17 +69,14 @@ fn build_ebpf(release: bool) -> anyhow::Result<()> {
     util::run(&mut cmd)
 }
 
+/// Prefix of every name the test harness creates (tests::NAME_PREFIX; xtask
+/// does not link the tests crate, see DESIGN.md's dependency direction).
+pub(crate) const NAME_PREFIX: &str = "slc";
+
+/// Removes leftovers through `sluice-probe cleanup`, the harness's own
+/// removal code, built here if needed.
 pub(crate) fn clean(prefix: &str) -> anyhow::Result<()> {
     util::require_root("cargo xtask clean")?;
-    let log = tests::cleanup_leftovers(prefix);
-    if log.is_empty() {
-        println!("clean: nothing left over (prefix {prefix:?})");
-    }
-    for line in &log {
-        println!("clean: {line}");
-    }
-    if log.iter().any(|l| l.starts_with("error")) {
-        anyhow::bail!("some leftovers could not be removed (see above)");
-    }
-    Ok(())
+    let probe = util::tests_bin("sluice-probe", false)?;
+    util::run(std::process::Command::new(probe).args(["cleanup", "--prefix", prefix]))
 }

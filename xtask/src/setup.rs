@@ -25,6 +25,8 @@ pub const PACKAGES: &[&str] = &[
     "hyperfine",
     "sockperf",
     "tcpdump",
+    // The benchmark plots draw text with this font (no fontconfig needed).
+    "fonts-dejavu-core",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",

@@ -21,7 +21,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     crate::setup::run()?;
     let result = build_and_test(args);
     // Even after a failure: a crashed test must not leave namespaces behind.
-    let cleaned = crate::clean(tests::NAME_PREFIX);
+    let cleaned = crate::clean(crate::NAME_PREFIX);
     result?;
     cleaned
 }
@@ -34,7 +34,7 @@ fn build_and_test(args: &TestArgs) -> anyhow::Result<()> {
     for bin in BINARIES {
         let path = debug.join(bin);
         if path.is_file() {
-            env.push((tests::bin_env_var(bin), path));
+            env.push((util::bin_env_var(bin), path));
         } else {
             println!("xtask: {bin} not built; tests that need it will say so");
         }

@@ -71,3 +71,32 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         .context("cargo metadata has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
+
+/// The variable overriding a workspace binary's path (as `tests::bin_env_var`):
+/// `sluice-proxy` -> `SLUICE_PROXY_BIN`.
+pub fn bin_env_var(name: &str) -> String {
+    let stem = name.strip_prefix("sluice-").unwrap_or(name);
+    format!("SLUICE_{}_BIN", stem.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Builds a binary of the `tests` package (debug or release) and returns its path.
+pub fn tests_bin(name: &str, release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "tests", "--bin", name]);
+    if release {
+        cmd.arg("--release");
+    }
+    let built = run(&mut cmd);
+    let path = target_dir()?
+        .join(if release { "release" } else { "debug" })
+        .join(name);
+    match built {
+        Ok(()) => Ok(path),
+        // A binary from an earlier build still does the job (e.g. cleanup after a broken build).
+        Err(e) if path.is_file() => {
+            eprintln!("xtask: {e:#}; using the earlier build {}", path.display());
+            Ok(path)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -172,6 +172,125 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+// ---------------------------------------------------------------------------
+// External traffic (NodePort, LoadBalancer IPs, ExternalIPs) at tc/XDP.
+// Appended: nothing above changes layout.
+
+/// Map and program names of the external path.
+pub mod external {
+    /// Connection tracking: both directions of every external flow (LRU).
+    pub const CONNTRACK4: &str = "SLC_CT4";
+    /// Maglev lookup tables: (revnat id, index) -> backend id.
+    pub const MAGLEV4: &str = "SLC_MAGLEV4";
+    /// loadBalancerSourceRanges: LPM trie over (revnat id, source address).
+    pub const SOURCE_RANGES4: &str = "SLC_SRCR4";
+    /// NodePorts a host socket may not bind: (port, proto) -> 1.
+    pub const NODEPORT_BIND: &str = "SLC_NPBIND";
+    /// One [`super::ExternalConfig`] at index 0.
+    pub const CONFIG: &str = "SLC_EXTCFG";
+    pub const MAPS: [&str; 5] = [CONNTRACK4, MAGLEV4, SOURCE_RANGES4, NODEPORT_BIND, CONFIG];
+
+    pub const PROG_TC_INGRESS: &str = "slc_tc_ingress";
+    pub const PROG_TC_EGRESS: &str = "slc_tc_egress";
+    pub const PROG_XDP: &str = "slc_xdp";
+    pub const PROG_BIND4: &str = "slc_bind4";
+}
+
+/// Scope of external frontends in the services map, looked up by the tc
+/// program. NodePort frontends are keyed by each node address that answers
+/// (`nodePortAddresses`); LoadBalancer ingress IPs and ExternalIPs by their
+/// own address.
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// Backend selection of the external path, in [`ExternalConfig::lb_algorithm`].
+pub const LB_RANDOM: u32 = 0;
+pub const LB_MAGLEV: u32 = 1;
+
+/// Node-wide settings of the external path, written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExternalConfig {
+    /// Network-namespace cookie of the host: the bind4 hook only guards
+    /// NodePorts there (pods may bind any port in their own namespace).
+    pub host_netns_cookie: u64,
+    pub lb_algorithm: u32,
+    /// Size of every Maglev table (a prime).
+    pub maglev_size: u32,
+    /// Idle timeouts of conntrack entries, seconds.
+    pub tcp_timeout: u32,
+    pub udp_timeout: u32,
+    /// 1 once the agent has written this entry.
+    pub enabled: u32,
+    pub _pad: u32,
+}
+
+/// Direction of a conntrack entry.
+pub const CT_FORWARD: u8 = 0;
+pub const CT_REPLY: u8 = 1;
+
+/// Conntrack entry flags.
+/// The forward direction was SNATed to a node address (backend elsewhere).
+pub const CT_F_SNAT: u32 = 1 << 0;
+
+/// A packet's tuple as seen on the wire (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// The tuple a matching packet is rewritten to, plus bookkeeping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtEntry4 {
+    pub nat_saddr: u32,
+    pub nat_daddr: u32,
+    pub nat_sport: u16,
+    pub nat_dport: u16,
+    /// Backend id of the flow (forward entries), to notice a removed backend.
+    pub backend_id: u32,
+    pub flags: u32,
+    pub revnat_id: u32,
+    /// bpf_ktime_get_ns() of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaglevKey {
+    pub revnat_id: u32,
+    pub index: u32,
+}
+
+/// Data part of the source-range LPM key: the first 32 bits (the revnat id)
+/// always match in full, so a range a.b.c.d/n is inserted with prefix
+/// length 32 + n. A bare (32, revnat id) entry with value 0 marks "this
+/// frontend has ranges": a source that matches only it is dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey4 {
+    pub revnat_id: u32,
+    pub addr: u32,
+}
+
+pub const SOURCE_RANGE_DENY: u32 = 0;
+pub const SOURCE_RANGE_ALLOW: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodePortBindKey {
+    /// Network byte order, as sock_addr programs see it.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -189,6 +308,12 @@ mod user {
     unsafe impl aya::Pod for SockRevNat {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for ExternalConfig {}
+    unsafe impl aya::Pod for CtKey4 {}
+    unsafe impl aya::Pod for CtEntry4 {}
+    unsafe impl aya::Pod for MaglevKey {}
+    unsafe impl aya::Pod for SourceRangeKey4 {}
+    unsafe impl aya::Pod for NodePortBindKey {}
 }
 
 #[cfg(test)]
@@ -210,5 +335,11 @@ mod tests {
         assert_eq!(size_of::<SockRevNat>(), 8);
         assert_eq!(size_of::<AffinityKey>(), 16);
         assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<ExternalConfig>(), 32);
+        assert_eq!(size_of::<CtKey4>(), 16);
+        assert_eq!(size_of::<CtEntry4>(), 32);
+        assert_eq!(size_of::<MaglevKey>(), 8);
+        assert_eq!(size_of::<SourceRangeKey4>(), 8);
+        assert_eq!(size_of::<NodePortBindKey>(), 4);
     }
 }

@@ -80,6 +80,12 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Remove namespaces, cgroups, bpffs mounts and /tmp dirs whose names start
+    /// with --prefix (what crashed tests or benchmarks left); one line per object.
+    Cleanup {
+        #[arg(long, default_value = tests::NAME_PREFIX)]
+        prefix: String,
+    },
     /// A new TCP transaction every --interval-ms for --duration-ms.
     Stream {
         addr: SocketAddr,
@@ -186,6 +192,7 @@ fn main() -> ExitCode {
             }));
             Ok(())
         }
+        Cmd::Cleanup { prefix } => cleanup(&prefix),
         Cmd::Stream {
             addr,
             interval_ms,
@@ -225,6 +232,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cleanup(prefix: &str) -> Result<(), String> {
+    if prefix.len() < 3 || !prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!("cleanup prefix must be >= 3 alphanumeric characters, got {prefix:?}"));
+    }
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("cleanup needs root (network namespaces, cgroups, mounts)".into());
+    }
+    let log = tests::cleanup_leftovers(prefix);
+    if log.is_empty() {
+        println!("nothing left over (prefix {prefix:?})");
+    }
+    for line in &log {
+        println!("{line}");
+    }
+    if log.iter().any(|l| l.starts_with("error")) {
+        return Err("some leftovers could not be removed (see above)".into());
+    }
+    Ok(())
 }
 
 fn ms(v: u64) -> Duration {

@@ -1,0 +1,14 @@
+//! sluice-cni: the CNI plugin (routed pod veths, built-in IPAM) and the node
+//! daemon connecting the nodes' pod subnets with VXLAN or host-gw routes.
+//!
+//! The binary is thin: [`plugin::main_from_env`] when `CNI_COMMAND` is set,
+//! [`daemon::run`] for `sluice-cni daemon`.
+
+pub mod ipam;
+pub mod logging;
+pub mod nl;
+pub mod plugin;
+pub mod spec;
+pub mod subnet;
+pub mod daemon;
+pub mod model;

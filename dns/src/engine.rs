@@ -1,0 +1,401 @@
+//! The query path: a packet in, a response out. Cluster names and cache hits
+//! are answered synchronously from the current [`ClusterModel`] (swapped
+//! atomically on every snapshot); only forwarding needs the network, which
+//! is what [`Local::Pending`] hands to the caller.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
+
+use arc_swap::ArcSwap;
+use hickory_proto::{
+    op::{Edns, MessageType, Metadata, OpCode, ResponseCode},
+    rr::{LowerName, Name, RecordType},
+    serialize::binary::BinEncoder,
+};
+use hickory_server::{
+    net::xfer::Protocol,
+    server::Request,
+    zone_handler::MessageResponseBuilder,
+};
+
+use crate::{
+    forward::Forwarder,
+    metrics::Metrics,
+    model::{Answer, ClusterModel, Config, Lookup},
+};
+
+/// Largest UDP response sent, whatever the client advertises (DNS flag day 2020).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// What the synchronous part of the query path decided.
+pub enum Local {
+    /// The response is in the output buffer.
+    Reply,
+    /// Forwarding is needed: finish with [`Engine::complete`].
+    Pending(Box<Pending>),
+    /// Not answerable (too short to carry an id, or a response): dropped.
+    Drop,
+}
+
+/// A query waiting for the upstreams.
+pub struct Pending {
+    request: Request,
+    /// Already-known part of the answer (the CNAME of an ExternalName Service).
+    partial: Option<Answer>,
+    started: Instant,
+}
+
+/// The DNS server's state shared by every socket.
+pub struct Engine {
+    cfg: Config,
+    model: ArcSwap<ClusterModel>,
+    forwarder: Forwarder,
+    metrics: Arc<Metrics>,
+    edns: Edns,
+}
+
+impl Engine {
+    pub fn new(cfg: Config, forwarder: Forwarder, metrics: Arc<Metrics>) -> Self {
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_UDP_PAYLOAD);
+        Self { model: ArcSwap::from_pointee(ClusterModel::unsynced(&cfg)), cfg, forwarder, metrics, edns }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    /// Makes `model` the one every following query sees.
+    pub fn set_model(&self, model: ClusterModel) {
+        self.metrics.model_names.store(model.len() as u64, Ordering::Relaxed);
+        self.metrics.synced.store(model.is_synced(), Ordering::Relaxed);
+        self.metrics.model_updates.fetch_add(1, Ordering::Relaxed);
+        self.model.store(Arc::new(model));
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.model.load().is_synced()
+    }
+
+    /// Handles one packet as far as it can without the network. A reply is
+    /// written to `out` (cleared first).
+    pub fn handle_packet(&self, packet: Vec<u8>, src: SocketAddr, protocol: Protocol, out: &mut Vec<u8>) -> Local {
+        let started = Instant::now();
+        out.clear();
+        if packet.len() < 12 {
+            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            return Local::Drop;
+        }
+        // QR set: a response, never answered (no reflection).
+        if packet[2] & 0x80 != 0 {
+            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            return Local::Drop;
+        }
+        let mut header = [0u8; 12];
+        header.copy_from_slice(&packet[..12]);
+        let request = match Request::from_bytes(packet, src, protocol) {
+            Ok(r) => r,
+            Err(_) => {
+                formerr(&header, out);
+                self.metrics.observe(RecordType::Unknown(0), ResponseCode::FormErr, started.elapsed());
+                return Local::Reply;
+            }
+        };
+        match self.answer_local(&request) {
+            Step::Done(ans) => {
+                self.encode(&request, &ans, out);
+                self.observe(&request, &ans, started);
+                Local::Reply
+            }
+            Step::Forward(partial) => Local::Pending(Box::new(Pending { request, partial, started })),
+        }
+    }
+
+    /// Finishes a pending query: resolves it upstream and writes the reply to `out`.
+    pub async fn complete(&self, pending: Pending, out: &mut Vec<u8>) {
+        let ans = self.resolve_pending(&pending.request, pending.partial).await;
+        out.clear();
+        self.encode(&pending.request, &ans, out);
+        self.observe(&pending.request, &ans, pending.started);
+    }
+
+    /// The whole answer for a parsed request, forwarding if needed (the TCP path).
+    pub async fn answer(&self, request: &Request) -> Answer {
+        match self.answer_local(request) {
+            Step::Done(ans) => ans,
+            Step::Forward(partial) => self.resolve_pending(request, partial).await,
+        }
+    }
+
+    async fn resolve_pending(&self, request: &Request, partial: Option<Answer>) -> Answer {
+        let q = &request.queries.queries()[0];
+        match partial {
+            None => self.forwarder.resolve(q.original().name(), q.query_type(), q.query_class()).await,
+            Some(mut ans) => {
+                if let Some(target) = ans.external_target.take() {
+                    let upstream = self.forwarder.resolve(&target, q.query_type(), q.query_class()).await;
+                    merge_external(&mut ans, upstream);
+                }
+                ans
+            }
+        }
+    }
+
+    fn observe(&self, request: &Request, ans: &Answer, started: Instant) {
+        let qtype = request.queries.queries().first().map_or(RecordType::Unknown(0), |q| q.query_type());
+        self.metrics.observe(qtype, ans.rcode, started.elapsed());
+    }
+
+    /// Everything that needs no network.
+    pub fn answer_local(&self, request: &Request) -> Step {
+        if request.metadata.message_type != MessageType::Query {
+            return Step::Done(Answer::error(ResponseCode::FormErr));
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return Step::Done(Answer::error(ResponseCode::NotImp));
+        }
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return Step::Done(Answer::error(ResponseCode::BADVERS));
+        }
+        let [q] = request.queries.queries() else {
+            return Step::Done(Answer::error(ResponseCode::FormErr));
+        };
+        let (qname, qtype, qclass) = (q.name(), q.query_type(), q.query_class());
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return Step::Done(Answer::error(ResponseCode::Refused));
+        }
+        if self.forwarder.is_loop_probe(qname) {
+            // Our own probe came back: the upstreams forward to us.
+            self.forwarder.mark_loop(Some(request.src()));
+            return Step::Done(Answer::error(ResponseCode::ServFail));
+        }
+        let model = self.model.load();
+        match model.lookup(qname, q.original().name(), qtype, qclass) {
+            Lookup::Authoritative(ans) => match &ans.external_target {
+                None => Step::Done(ans),
+                Some(target) => match self.forwarder.cached(&LowerName::new(target), target, qtype, qclass) {
+                    Some(upstream) => {
+                        let mut ans = ans;
+                        ans.external_target = None;
+                        merge_external(&mut ans, upstream);
+                        Step::Done(ans)
+                    }
+                    None => Step::Forward(Some(ans)),
+                },
+            },
+            Lookup::NotSynced => Step::Done(Answer::error(ResponseCode::ServFail)),
+            Lookup::NotInZone => match self.forwarder.cached(qname, q.original().name(), qtype, qclass) {
+                Some(ans) => Step::Done(ans),
+                None => Step::Forward(None),
+            },
+        }
+    }
+
+    /// Encodes `ans` as the response to `request`; a UDP response is cut to
+    /// the client's buffer size with TC set.
+    pub fn encode(&self, request: &Request, ans: &Answer, out: &mut Vec<u8>) {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = ans.authoritative;
+        metadata.recursion_available = true;
+        metadata.response_code = ans.rcode;
+        let edns = request.edns.as_ref().map(|_| &self.edns);
+        let max = match request.protocol() {
+            Protocol::Udp => request.max_payload().clamp(512, MAX_UDP_PAYLOAD),
+            _ => u16::MAX,
+        };
+        let response = MessageResponseBuilder::new(&request.queries, edns).build(
+            metadata,
+            ans.answers.iter(),
+            ans.authorities.iter(),
+            std::iter::empty(),
+            ans.additionals.iter(),
+        );
+        let mut encoder = BinEncoder::new(out);
+        encoder.set_max_size(max);
+        if response.destructive_emit(&mut encoder).is_err() {
+            out.clear();
+            let mut header = request.as_slice()[..12].to_vec();
+            header[2] = 0x80 | (header[2] & 0x79);
+            header[3] = 0x80 | ResponseCode::ServFail.low();
+            header[4..12].fill(0);
+            out.extend_from_slice(&header);
+        }
+    }
+
+    /// The name of this server's zone.
+    pub fn zone(&self) -> &Name {
+        &self.cfg.zone
+    }
+}
+
+/// Result of [`Engine::answer_local`].
+pub enum Step {
+    Done(Answer),
+    /// Needs the upstreams; carries the known part of the answer, if any.
+    Forward(Option<Answer>),
+}
+
+/// Appends the upstream resolution of an ExternalName target to its CNAME.
+fn merge_external(ans: &mut Answer, upstream: Answer) {
+    ans.rcode = upstream.rcode;
+    if upstream.rcode == ResponseCode::NoError || upstream.rcode == ResponseCode::NXDomain {
+        ans.answers.extend(upstream.answers);
+        if ans.answers.iter().all(|r| r.record_type() == RecordType::CNAME) {
+            ans.authorities.extend(upstream.authorities);
+        }
+    }
+}
+
+/// A FORMERR for a packet whose header is readable but whose body is not.
+fn formerr(packet: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&packet[..12]);
+    // QR=1, opcode and RD kept, AA/TC cleared; RA=0, Z=0, RCODE=FORMERR; no sections.
+    out[2] = 0x80 | (packet[2] & 0x79);
+    out[3] = ResponseCode::FormErr.low();
+    out[4..12].fill(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use hickory_proto::{
+        op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+        rr::{Name, RecordType},
+    };
+    use hickory_server::net::xfer::Protocol;
+
+    use super::*;
+    use crate::testing;
+
+    fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn reply(engine: &Engine, packet: Vec<u8>, protocol: Protocol) -> Option<(Message, usize)> {
+        let src: SocketAddr = ([127, 0, 0, 1], 5353).into();
+        let mut out = Vec::new();
+        match engine.handle_packet(packet, src, protocol, &mut out) {
+            Local::Reply => Some((Message::from_vec(&out).expect("reply decodes"), out.len())),
+            Local::Drop => None,
+            Local::Pending(_) => panic!("a cluster name should not need the network"),
+        }
+    }
+
+    fn many(n: usize) -> String {
+        let mut s = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: many, namespace: prod}\nspec: {clusterIP: None}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: many-a, namespace: prod, labels: {kubernetes.io/service-name: many}}\naddressType: IPv4\nendpoints:\n",
+        );
+        for i in 0..n {
+            s.push_str(&format!("- {{addresses: [198.18.1.{}]}}\n", i + 1));
+        }
+        s
+    }
+
+    #[test]
+    fn answer_keeps_id_question_and_sets_aa_ra() {
+        let e = testing::engine_with_cluster();
+        let (m, _) = reply(&e, query("svc-1.bench.svc.cluster.local.", RecordType::A, None), Protocol::Udp).unwrap();
+        assert_eq!(m.metadata.id, 0x4242);
+        assert_eq!(m.metadata.message_type, MessageType::Response);
+        assert!(m.metadata.authoritative && m.metadata.recursion_available && m.metadata.recursion_desired);
+        assert_eq!(m.queries.len(), 1);
+        assert_eq!(m.answers.len(), 1);
+        assert!(m.edns.is_none(), "no OPT in the reply when the query had none");
+    }
+
+    #[test]
+    fn large_udp_answers_are_truncated_to_512_without_edns_and_1232_with_it() {
+        let e = testing::engine_with(&many(120));
+        let (m, len) = reply(&e, query("many.prod.svc.cluster.local.", RecordType::A, None), Protocol::Udp).unwrap();
+        assert!(m.metadata.truncation && len <= 512, "TC and at most 512 bytes, saw tc={} len={len}", m.metadata.truncation);
+        let (m, len) = reply(&e, query("many.prod.svc.cluster.local.", RecordType::A, Some(4096)), Protocol::Udp).unwrap();
+        assert!(m.metadata.truncation && len <= 1232, "TC and at most 1232 bytes, saw len={len}");
+        let (m, _) = reply(&e, query("many.prod.svc.cluster.local.", RecordType::A, None), Protocol::Tcp).unwrap();
+        assert!(!m.metadata.truncation && m.answers.len() == 120, "TCP carries every record");
+        let (m, _) = reply(&e, query("many.prod.svc.cluster.local.", RecordType::A, Some(512)), Protocol::Udp).unwrap();
+        assert!(m.metadata.truncation, "a small EDNS buffer is honoured");
+        assert!(m.edns.is_some_and(|e| e.max_payload() == MAX_UDP_PAYLOAD), "our OPT advertises 1232");
+    }
+
+    #[test]
+    fn protocol_errors_get_their_rcodes() {
+        let e = testing::engine_with_cluster();
+        let mut notify = Message::from_vec(&query("svc-1.bench.svc.cluster.local.", RecordType::A, None)).unwrap();
+        notify.metadata.op_code = OpCode::Notify;
+        let (m, _) = reply(&e, notify.to_vec().unwrap(), Protocol::Udp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+
+        let mut two = Message::from_vec(&query("svc-1.bench.svc.cluster.local.", RecordType::A, None)).unwrap();
+        two.add_query(Query::query(Name::from_ascii("svc-2.bench.svc.cluster.local.").unwrap(), RecordType::A));
+        let (m, _) = reply(&e, two.to_vec().unwrap(), Protocol::Udp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr, "exactly one question");
+
+        let mut v1 = Message::from_vec(&query("svc-1.bench.svc.cluster.local.", RecordType::A, Some(1232))).unwrap();
+        v1.edns.as_mut().unwrap().set_version(1);
+        let (m, _) = reply(&e, v1.to_vec().unwrap(), Protocol::Udp).unwrap();
+        // BADVERS and BADSIG are both 16 on the wire; hickory decodes 16 as BADSIG.
+        assert!(matches!(m.metadata.response_code, ResponseCode::BADVERS | ResponseCode::BADSIG), "{:?}", m.metadata.response_code);
+
+        let (m, _) = reply(&e, query("cluster.local.", RecordType::AXFR, None), Protocol::Tcp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "no zone transfers");
+    }
+
+    #[test]
+    fn malformed_packets_get_formerr_or_are_dropped() {
+        let e = testing::engine_with_cluster();
+        assert!(reply(&e, vec![1, 2, 3], Protocol::Udp).is_none(), "shorter than a header: dropped");
+        let mut response = query("svc-1.bench.svc.cluster.local.", RecordType::A, None);
+        response[2] |= 0x80;
+        assert!(reply(&e, response, Protocol::Udp).is_none(), "responses are never answered");
+        let mut cut = query("svc-1.bench.svc.cluster.local.", RecordType::A, None);
+        cut.truncate(20);
+        let (m, _) = reply(&e, cut, Protocol::Udp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(m.metadata.id, 0x4242);
+    }
+
+    #[test]
+    fn fuzz_corpus_seeds_do_not_panic() {
+        let e = testing::engine_with_cluster();
+        let mut seeds: Vec<Vec<u8>> = vec![
+            query("svc-1.bench.svc.cluster.local.", RecordType::SRV, Some(1232)),
+            query("headless.bench.svc.cluster.local.", RecordType::ANY, None),
+        ];
+        // Every prefix and single-byte corruption of a valid query.
+        let base = query("_http._tcp.svc-4.bench.svc.cluster.local.", RecordType::SRV, Some(4096));
+        for i in 0..base.len() {
+            seeds.push(base[..i].to_vec());
+            for v in [0u8, 0x3f, 0xc0, 0xff] {
+                let mut b = base.clone();
+                b[i] = v;
+                seeds.push(b);
+            }
+        }
+        for s in seeds.iter().filter(|s| s.len() >= 2) {
+            testing::fuzz_one(&e, s);
+        }
+    }
+}

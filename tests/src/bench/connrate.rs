@@ -1,0 +1,137 @@
+//! Connection rate through a ClusterIP with 10, 1,000 and 10,000 Services
+//! programmed (10 endpoints each; only the measured Service's endpoints are
+//! real pods, the fillers point at unrouted 198.18.128.0/17 addresses).
+//! `sluice-probe rate tcp` opens a connection, sends one request, reads the
+//! reply and closes, as fast as it can; `rate udp` does one request/response
+//! on a fresh socket each time (so each is a new conntrack entry for the
+//! netfilter variants). Same round method as throughput.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::lab::{rate_service, Lab, Needs, Variant, RATE_TCP_PORT, RATE_UDP_PORT, VIP_RATE};
+use super::stats::{Rounds, Row};
+use super::workload;
+use super::{Args, Plan, Progress};
+
+pub const SCALES: [usize; 3] = [10, 1_000, 10_000];
+
+pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
+    progress.say("building 4 clusters with 10 backend pods each");
+    let mut lab = Lab::new(
+        &Variant::ALL,
+        Needs {
+            perf: false,
+            rate: true,
+        },
+        proxy.to_path_buf(),
+        probe.to_path_buf(),
+    )?;
+    super::note_topology(args, lab.topo.id());
+    let mut rows = Vec::new();
+    for scale in SCALES {
+        let nft = scale < 10_000 || plan.nft_10k;
+        let order: Vec<&str> = if nft {
+            vec!["direct", "sluice", "iptables", "nftables", "direct-aa"]
+        } else {
+            progress.say("  nftables at 10000 services: skipped in --quick (one nft -f of it takes minutes)");
+            vec!["direct", "sluice", "iptables", "direct-aa"]
+        };
+        for v in [Variant::Sluice, Variant::Iptables, Variant::Nftables] {
+            if v == Variant::Nftables && !nft {
+                continue;
+            }
+            let services = workload::with_fillers(&rate_service(lab.cluster(v)), scale);
+            let t = std::time::Instant::now();
+            // Only node a carries the traffic (client and backends live there).
+            lab.program(v, &services, false)
+                .with_context(|| format!("programming {scale} services for {}", v.name()))?;
+            progress.say(format!(
+                "  {scale} services programmed for {} in {:.2} s",
+                v.name(),
+                t.elapsed().as_secs_f64()
+            ));
+        }
+        for (proto, vport, dport) in [("tcp", 80u16, RATE_TCP_PORT), ("udp", 81, RATE_UDP_PORT)] {
+            let name = format!("{} rate, {scale} services", proto.to_uppercase());
+            let mut rounds = Rounds::new(&order);
+            for r in 0..plan.rounds {
+                let mut values = vec![f64::NAN; order.len()];
+                for k in 0..order.len() {
+                    let idx = (k + r) % order.len();
+                    let variant = order[idx];
+                    let v = match variant {
+                        "sluice" => Variant::Sluice,
+                        "iptables" => Variant::Iptables,
+                        "nftables" => Variant::Nftables,
+                        _ => Variant::Direct,
+                    };
+                    let target = if v == Variant::Direct {
+                        format!("{}:{dport}", lab.cluster(v).rate_pods[0].ip)
+                    } else {
+                        format!("{VIP_RATE}:{vport}")
+                    };
+                    lab.flush_conntrack(v);
+                    values[idx] = match rate(&lab, v, proto, &target, plan.rate_ms) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            progress.say(format!("  {name} {variant}: {e:#}"));
+                            f64::NAN
+                        }
+                    };
+                }
+                progress.say(format!(
+                    "  {name} round {}/{}: {}",
+                    r + 1,
+                    plan.rounds,
+                    order
+                        .iter()
+                        .zip(&values)
+                        .map(|(v, x)| format!("{v} {x:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                rounds.values.push(values);
+            }
+            rows.extend(rounds.rows("connrate", &name, if proto == "tcp" { "conn/s" } else { "req/s" }));
+        }
+    }
+    Ok(rows)
+}
+
+/// One bounded rate run; transactions per second.
+fn rate(lab: &Lab, v: Variant, proto: &str, target: &str, ms: u64) -> anyhow::Result<f64> {
+    let probe = lab.probe_bin.clone();
+    let out = lab.run_client(
+        v,
+        &probe,
+        &[
+            "rate",
+            proto,
+            target,
+            "--duration-ms",
+            &ms.to_string(),
+            "--max",
+            "1000000",
+            "--timeout-ms",
+            "1000",
+        ],
+        Duration::from_millis(ms + 15_000),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("probe output is not JSON ({}): {text:.300} {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+    let ok = json["ok"].as_u64().unwrap_or(0);
+    let errors: u64 = json["errors"]
+        .as_object()
+        .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0);
+    anyhow::ensure!(ok > 0, "no successful transaction to {target}: {json}");
+    anyhow::ensure!(
+        errors * 100 <= ok,
+        "more than 1% failed transactions to {target}: {json}"
+    );
+    json["per_sec"].as_f64().context("no per_sec")
+}

@@ -1,0 +1,219 @@
+//! `sluice-bench`: Sluice against kube-proxy's iptables and nftables
+//! datapaths on the same namespace topology (see [`lab`]). Run through
+//! `cargo xtask bench`, which builds the release binaries first.
+//!
+//! Groups: `throughput` (iperf3 through a ClusterIP), `connrate` (new TCP
+//! connections and UDP request/responses per second at 10, 1,000 and 10,000
+//! Services), `control` (programming time and agent memory), and the hooks
+//! `cni` and `dns` (report "skipped" until those components are wired).
+
+mod connrate;
+mod control;
+mod extra;
+mod lab;
+mod report;
+mod stats;
+mod throughput;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+pub use stats::Row;
+
+/// Measurement groups, in the order a full run does them.
+pub const GROUPS: &[&str] = &["throughput", "connrate", "control", "cni", "dns"];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Fewer and shorter runs (under 10 minutes on a 2-core machine).
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only this group: throughput, connrate, control, cni, dns.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(GROUPS))]
+    pub only: Option<String>,
+    /// Where report.json, report.md and the plots go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Append each topology's id here (so a wrapper can clean up after a crash).
+    #[arg(long)]
+    pub id_file: Option<PathBuf>,
+}
+
+/// Run sizes for quick and full runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    /// Rounds of alternating runs for throughput and connection rate.
+    pub rounds: usize,
+    /// iperf3 -t (seconds; at most 10).
+    pub iperf_secs: u64,
+    /// Duration of one connection-rate run.
+    pub rate_ms: u64,
+    /// Cold programming runs per variant and size.
+    pub cold_runs: usize,
+    /// Cold programming runs for iptables at 10,000 Services (slow).
+    pub cold_runs_slow: usize,
+    /// Single-endpoint-change samples per variant.
+    pub change_runs: usize,
+    /// Single-endpoint-change samples for iptables (a full restore each).
+    pub change_runs_slow: usize,
+    /// Whether nftables is measured at 10,000 Services: one `nft -f` of that
+    /// ruleset costs about 3 CPU-minutes on this kernel, too much for --quick.
+    pub nft_10k: bool,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                rounds: 3,
+                iperf_secs: 2,
+                rate_ms: 1000,
+                cold_runs: 3,
+                cold_runs_slow: 1,
+                change_runs: 10,
+                change_runs_slow: 2,
+                nft_10k: false,
+            }
+        } else {
+            Plan {
+                quick,
+                rounds: 5,
+                iperf_secs: 3,
+                rate_ms: 2000,
+                cold_runs: 5,
+                cold_runs_slow: 2,
+                change_runs: 25,
+                change_runs_slow: 5,
+                nft_10k: true,
+            }
+        }
+    }
+}
+
+/// Progress printing with the time since start.
+pub struct Progress {
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            start: Instant::now(),
+        }
+    }
+
+    pub fn say(&self, msg: impl AsRef<str>) {
+        use std::io::Write as _;
+        println!("[{:>7.1}s] {}", self.start.elapsed().as_secs_f64(), msg.as_ref());
+        let _ = std::io::stdout().flush();
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A workspace binary next to the running one, or None.
+pub fn sibling_bin(name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(crate::bin_env_var(name)) {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join(name);
+    p.is_file().then_some(p)
+}
+
+fn selected(args: &Args, group: &str) -> bool {
+    args.only.as_deref().is_none_or(|g| g == group)
+}
+
+/// Runs the selected groups and writes the report.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        // SAFETY: geteuid(2) cannot fail.
+        unsafe { libc::geteuid() } == 0,
+        "sluice-bench needs root (network namespaces, cgroups, bpffs)"
+    );
+    let plan = Plan::new(args.quick);
+    let progress = Progress::new();
+    let proxy = sibling_bin("sluice-proxy").context(
+        "sluice-proxy not found next to sluice-bench: build with `cargo build --release -p proxy-user -p tests` (cargo xtask bench does)",
+    )?;
+    let probe = sibling_bin("sluice-probe").context("sluice-probe not found next to sluice-bench")?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("mkdir {}", args.out.display()))?;
+    progress.say(format!(
+        "sluice-bench {} run{}; binaries {}",
+        if plan.quick { "quick" } else { "full" },
+        args.only.as_deref().map(|g| format!(" of {g}")).unwrap_or_default(),
+        proxy.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    ));
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let tools = report::tools();
+
+    for &group in GROUPS {
+        if !selected(args, group) {
+            continue;
+        }
+        let t0 = progress.elapsed();
+        progress.say(format!("== {group}"));
+        let result = match group {
+            "throughput" => throughput::run(&plan, &progress, &proxy, &probe, args),
+            "connrate" => connrate::run(&plan, &progress, &proxy, &probe, args),
+            "control" => control::run(&plan, &progress, &proxy, &probe, args),
+            "cni" => Ok(extra::cni()),
+            "dns" => Ok(extra::dns()),
+            _ => unreachable!("GROUPS"),
+        };
+        match result {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => {
+                progress.say(format!("{group} FAILED: {e:#}"));
+                failures.push(format!("{group}: {e:#}"));
+            }
+        }
+        timings.push((group.to_string(), progress.elapsed() - t0));
+        // Written after every group, so a later failure keeps what was measured.
+        report::write(&args.out, &rows, &timings, &plan, &tools, &failures)?;
+    }
+    report::write(&args.out, &rows, &timings, &plan, &tools, &failures)?;
+    println!();
+    print!("{}", report::table(&rows));
+    println!();
+    for (g, t) in &timings {
+        println!("{g}: {:.0} s", t.as_secs_f64());
+    }
+    println!(
+        "total {:.0} s; report in {}",
+        progress.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    if !failures.is_empty() {
+        anyhow::bail!("some groups failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Records the topology id for the wrapper's crash cleanup.
+pub fn note_topology(args: &Args, id: &str) {
+    if let Some(f) = &args.id_file {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
+            let _ = writeln!(file, "{id}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! sluice-cni daemon end to end (needs root): nodes in namespaces on one
+//! underlay, a daemon per node reading Node manifests, pods added with the
+//! conflist the daemon wrote, traffic across nodes over VXLAN and host-gw.
+
+mod cni_common;
+
+use std::fs;
+use std::net::Ipv4Addr;
+
+use cni_common::*;
+use tests::{require_root, Node, Topology};
+
+struct Cluster {
+    topo: Topology,
+    nodes: Vec<(Node, NodeDirs, String)>,
+    manifests: std::path::PathBuf,
+    _daemons: Vec<tests::Proc>,
+}
+
+/// `specs`: (name, underlay address, prefix length, pod CIDR). Nodes on a
+/// shorter-than-/24 prefix still reach each other through an on-link /24 route,
+/// so "another subnet" differs only in what the daemon sees.
+fn cluster(specs: &[(&str, Ipv4Addr, u8, &str)], backend: &str) -> Cluster {
+    let mut topo = Topology::new();
+    let manifests = topo.scratch("manifests");
+    let mut nodes = Vec::new();
+    for (name, addr, prefix, cidr) in specs {
+        let node = topo.add_node(name, *addr);
+        if *prefix != 24 {
+            ip(&node.netns, &["addr", "del", &format!("{addr}/24"), "dev", "eth0"]);
+            ip(&node.netns, &["addr", "add", &format!("{addr}/{prefix}"), "dev", "eth0"]);
+            ip(&node.netns, &["route", "add", "192.0.2.0/24", "dev", "eth0", "scope", "link"]);
+        }
+        fs::write(manifests.join(format!("node-{name}.yaml")), node_yaml(name, *addr, cidr)).unwrap();
+        let dirs = NodeDirs::new(&topo, name);
+        nodes.push((node, dirs, (*cidr).to_owned()));
+    }
+    let mut daemons = Vec::new();
+    for (node, dirs, _) in &nodes {
+        daemons.push(start_daemon(&topo, node, backend, &manifests, dirs));
+    }
+    for ((node, dirs, _), d) in nodes.iter().zip(&daemons) {
+        eventually(&format!("daemon on {} publishes its subnet (stderr: see below)", node.name), || {
+            dirs.state_dir.join("subnet.json").exists() && dirs.conf_dir.join("10-sluice.conflist").exists()
+                || d.try_wait().is_some_and(|s| panic!("daemon on {} exited {s:?}: {}", node.name, d.stderr()))
+        });
+    }
+    Cluster { topo, nodes, manifests, _daemons: daemons }
+}
+
+/// Adds one pod to node `i` with the daemon's conflist; returns (netns, IPv4).
+fn add_pod(c: &Cluster, ns: &mut PodNetns, i: usize, name: &str) -> (String, String) {
+    let (node, dirs, _) = &c.nodes[i];
+    let netns = ns.add(&format!("{}-{name}", c.topo.id()));
+    let a = Attach { node, container: name.into(), netns: netns.clone(), ifname: "eth0".into() };
+    let r = a.run("ADD", &dirs.plugin_conf()).expect_ok(&format!("ADD {name}")).json();
+    let addr = r["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").to_owned();
+    (netns, addr)
+}
+
+#[test]
+fn vxlan_pods_reach_each_other_across_nodes_with_full_size_packets() {
+    if !require_root() {
+        return;
+    }
+    // STATUS before any daemon: 50.
+    {
+        let mut topo = Topology::new();
+        let node = topo.add_node("z", Ipv4Addr::new(192, 0, 2, 9));
+        let dirs = NodeDirs::new(&topo, "z");
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "sluice", "type": "sluice-cni",
+            "subnetFile": dirs.state_dir.join("subnet.json"), "dataDir": dirs.ipam_dir,
+        });
+        invoke(&cni_bin(), &node.netns, &[("CNI_COMMAND", "STATUS")], &conf.to_string())
+            .expect_code(50, "STATUS before the daemon published the subnet");
+        let manifests = topo.scratch("m");
+        fs::write(manifests.join("z.yaml"), node_yaml("z", node.underlay, "198.18.9.0/24")).unwrap();
+        let d = start_daemon(&topo, &node, "vxlan", &manifests, &dirs);
+        eventually("subnet published", || dirs.state_dir.join("subnet.json").exists());
+        invoke(&cni_bin(), &node.netns, &[("CNI_COMMAND", "STATUS")], &conf.to_string())
+            .expect_ok(&format!("STATUS after publication; daemon: {}", d.stderr()));
+    }
+
+    let c = cluster(
+        &[("a", Ipv4Addr::new(192, 0, 2, 1), 24, "198.18.1.0/24"), ("b", Ipv4Addr::new(192, 0, 2, 2), 24, "198.18.2.0/24")],
+        "vxlan",
+    );
+    let mut ns = PodNetns::new();
+    let (a1, a1_ip) = add_pod(&c, &mut ns, 0, "a1");
+    let (_a2, a2_ip) = add_pod(&c, &mut ns, 0, "a2");
+    let (b1, b1_ip) = add_pod(&c, &mut ns, 1, "b1");
+    assert!(ip(&a1, &["link", "show", "eth0"]).contains("mtu 1450"), "VXLAN pod MTU is underlay - 50");
+
+    // The VXLAN device: VNI 1, port 8472, MAC derived from the node address.
+    let dev = ip(&c.nodes[0].0.netns, &["-d", "link", "show", "sluice.vxlan"]);
+    assert!(dev.contains("vxlan id 1") && dev.contains("dstport 8472"), "{dev}");
+    assert!(dev.contains("0e:5c:c0:00:02:01"), "VTEP MAC derived from 192.0.2.1: {dev}");
+    let fdb = ip(&c.nodes[0].0.netns, &["-d", "neigh", "show", "dev", "sluice.vxlan", "nud", "permanent"]);
+    assert!(fdb.contains("0e:5c:c0:00:02:02"), "neighbour for b's VTEP: {fdb}");
+
+    ping_eventually(&c.topo, &a1, &a2_ip, &[]);
+    ping_eventually(&c.topo, &a1, &b1_ip, &[]);
+    ping(&c.topo, &b1, &a1_ip, &[]).unwrap();
+    // 1400 bytes of payload with DF set cross VXLAN (1428 < pod MTU 1450).
+    ping(&c.topo, &a1, &b1_ip, &["-M", "do", "-s", "1400"]).unwrap();
+    // ... and one above the pod MTU does not fragment silently.
+    assert!(ping(&c.topo, &a1, &b1_ip, &["-M", "do", "-s", "1430"]).is_err());
+
+    // Masquerade only in the node namespace, for traffic leaving the cluster range.
+    let rules = c.topo.run_in_node(&c.nodes[0].0, {
+        let mut cmd = std::process::Command::new("nft");
+        cmd.args(["list", "table", "inet", "sluice"]);
+        cmd
+    }, T);
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    assert!(rules.contains("masquerade") && rules.contains("198.18.0.0/16"), "{rules}");
+    // Pod -> another node's underlay address leaves the cluster range: masqueraded, works.
+    ping(&c.topo, &a1, "192.0.2.2", &[]).unwrap();
+
+    // Node b leaves: a drops its route, neighbour and FDB entry.
+    fs::remove_file(c.manifests.join("node-b.yaml")).unwrap();
+    let a_ns = c.nodes[0].0.netns.clone();
+    eventually("a removes b's route", || !ip(&a_ns, &["route"]).contains("198.18.2.0/24"));
+    eventually("a removes b's FDB entry", || !ip(&a_ns, &["neigh", "show", "dev", "sluice.vxlan"]).contains("0e:5c:c0:00:02:02")
+        && !std::process::Command::new("bridge").args(["-n", &a_ns, "fdb", "show", "dev", "sluice.vxlan"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("0e:5c:c0:00:02:02")).unwrap_or(true));
+    // Same-node traffic is unaffected.
+    ping(&c.topo, &a1, &a2_ip, &[]).unwrap();
+}
+
+#[test]
+fn host_gw_routes_directly_and_mixed_subnets_fall_back_to_vxlan() {
+    if !require_root() {
+        return;
+    }
+    // a and b share 192.0.2.0/25; c sits at 192.0.2.200/25, "another subnet".
+    let c = cluster(
+        &[
+            ("a", Ipv4Addr::new(192, 0, 2, 10), 25, "198.18.1.0/24"),
+            ("b", Ipv4Addr::new(192, 0, 2, 20), 25, "198.18.2.0/24"),
+            ("c", Ipv4Addr::new(192, 0, 2, 200), 25, "198.18.3.0/24"),
+        ],
+        "host-gw",
+    );
+    let mut ns = PodNetns::new();
+    let (a1, a1_ip) = add_pod(&c, &mut ns, 0, "a1");
+    let (b1, b1_ip) = add_pod(&c, &mut ns, 1, "b1");
+    let (c1, c1_ip) = add_pod(&c, &mut ns, 2, "c1");
+    assert!(ip(&a1, &["link", "show", "eth0"]).contains("mtu 1500"), "host-gw pods get the underlay MTU");
+    let routes = ip(&c.nodes[0].0.netns, &["route"]);
+    assert!(routes.contains("198.18.2.0/24 via 192.0.2.20 dev eth0"), "direct route to b: {routes}");
+    assert!(routes.contains("198.18.3.0/24 via 198.18.3.0 dev sluice.vxlan"), "c through VXLAN: {routes}");
+    for (from, to) in [(&a1, &b1_ip), (&b1, &a1_ip), (&a1, &c1_ip), (&c1, &b1_ip)] {
+        ping_eventually(&c.topo, from, to, &[]);
+    }
+    // Full-size packets between on-link nodes: no encapsulation.
+    ping(&c.topo, &a1, &b1_ip, &["-M", "do", "-s", "1472"]).unwrap();
+}
