@@ -23,8 +23,6 @@ pub enum Error {
     Source(#[from] sluice_k8s::Error),
     #[error("no source: give --manifests DIR or --kubeconfig PATH (in-cluster config is not available here)")]
     NoSource,
-    #[error("the Kubernetes API source is not available in this build yet; use --manifests DIR")]
-    KubeNotYet,
     #[error("finding the cgroup v2 root: {0}")]
     Cgroup(std::io::Error),
     #[error("reading the IPv4 addresses of the external interfaces: {0}")]
@@ -75,10 +73,18 @@ pub struct ExternalSettings {
 /// Retry delay after a failed apply.
 const RETRY: Duration = Duration::from_secs(1);
 
-fn open_source(source: &Source) -> Result<watch::Receiver<Arc<Snapshot>>, Error> {
+async fn open_source(source: &Source, node_name: &str) -> Result<watch::Receiver<Arc<Snapshot>>, Error> {
     match source {
         Source::Manifests(dir) => Ok(sluice_k8s::manifests::watch_dir(dir.clone())?),
-        Source::Kube { .. } => Err(Error::KubeNotYet),
+        Source::Kube { kubeconfig } => {
+            let kinds = sluice_k8s::kube_source::Kinds {
+                services: true,
+                slices: true,
+                nodes: sluice_k8s::kube_source::NodeSelection::One(node_name.to_owned()),
+                namespaces: false,
+            };
+            Ok(sluice_k8s::kube_source::watch_cluster(kubeconfig.clone(), kinds).await?)
+        }
     }
 }
 
@@ -88,7 +94,7 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         Some(c) => c.clone(),
         None => crate::sys::cgroup2_root().map_err(Error::Cgroup)?,
     };
-    let mut snapshots = open_source(&cfg.source)?;
+    let mut snapshots = open_source(&cfg.source, &cfg.node_name).await?;
     let dataplane =
         EbpfDataplane::load_with(&cfg.bpffs, &cgroup, cfg.sizes, cfg.external.as_ref().map(|e| &e.attach))?;
     let mut reconciler = Reconciler::new(dataplane, cfg.node_name.clone())?;
@@ -121,20 +127,27 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     loop {
         let snap = snapshots.borrow_and_update().clone();
         metrics.beat();
-        let wait = match reconciler.reconcile(&snap) {
-            Ok(_) => match {
-                record_fill(&metrics, reconciler.programmed(), cfg.sizes);
-                external.as_mut()
-            }.map(|x| x.after_reconcile(&snap, &cfg.node_name)) {
-                Some(Err(e)) => {
-                    error!(error = %e, "programming the external datapath failed; retrying");
+        // Until the source has listed everything, an empty or partial view
+        // must not overwrite what is programmed (adopted after a restart).
+        let wait = if !snap.synced {
+            cfg.resync
+        } else {
+            match reconciler.reconcile(&snap) {
+                Ok(_) => {
+                    record_fill(&metrics, reconciler.programmed(), cfg.sizes);
+                    match external.as_mut().map(|x| x.after_reconcile(&snap, &cfg.node_name)) {
+                        Some(Err(e)) => {
+                            metrics.error("external");
+                            error!(error = %e, "programming the external datapath failed; retrying");
+                            RETRY
+                        }
+                        _ => cfg.resync,
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "applying to the dataplane failed; retrying");
                     RETRY
                 }
-                _ => cfg.resync,
-            },
-            Err(e) => {
-                error!(error = %e, "applying to the dataplane failed; retrying");
-                RETRY
             }
         };
         tokio::select! {
