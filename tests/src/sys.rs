@@ -353,6 +353,9 @@ pub fn cleanup_leftovers(prefix: &str) -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                // Topologies only create directories here; a file with the
+                // same prefix is somebody else's.
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| e.path())
                 .collect()
         })
