@@ -5,14 +5,15 @@
 //!
 //! Sources are level-triggered: they publish a full [`Snapshot`] on every
 //! change through a `tokio::sync::watch` channel; consumers always converge to
-//! the latest one and never rely on individual events.
+//! the latest one and never rely on individual events. A snapshot is made of
+//! persistent maps, so publishing one costs O(changed objects), not O(all).
 
 pub mod kube_source;
 pub mod manifests;
 pub mod semantics;
 pub mod snapshot;
 
-pub use snapshot::{ObjectKey, Snapshot, SnapshotBuilder};
+pub use snapshot::{ObjectKey, OrdMap, SliceGroup, Snapshot, SnapshotBuilder};
 
 /// Errors of the sources.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,11 @@
 //! Standalone source: a directory of ordinary Kubernetes YAML (multi-document
 //! files, or `kind: List`) followed with inotify plus a slow rescan as a
-//! safety net. Only changed files are parsed again, and objects of unchanged
-//! files keep their allocation, so consumers' per-object memoisation holds.
+//! safety net. Only changed files are parsed again, objects of unchanged
+//! files keep their allocation, so consumers' per-object memoisation holds,
+//! and the snapshot is updated in place of being rebuilt from every file.
 
 use std::{
-    collections::{hash_map::DefaultHasher, BTreeMap},
+    collections::{hash_map::DefaultHasher, BTreeMap, BTreeSet},
     hash::{Hash as _, Hasher as _},
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,7 +20,10 @@ use serde::Deserialize as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::{Error, Result, Snapshot, SnapshotBuilder};
+use crate::{
+    snapshot::{group_slice, ungroup_slice},
+    Error, ObjectKey, Result, Snapshot,
+};
 
 /// One object read from a manifest.
 #[derive(Clone, Debug)]
@@ -122,15 +126,55 @@ fn parse_value(
     }
 }
 
+impl Object {
+    /// Which object this is: two files that define the same identity
+    /// define the same object, and the later file (in path order) wins.
+    fn identity(&self) -> Identity {
+        let name = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            meta.name.clone().unwrap_or_default()
+        };
+        match self {
+            Object::Service(o) => Identity::Service(ObjectKey::of(&o.metadata)),
+            Object::EndpointSlice(o) => Identity::Slice(ObjectKey::of(&o.metadata)),
+            Object::Node(o) => Identity::Node(name(&o.metadata)),
+            Object::Namespace(o) => Identity::Namespace(name(&o.metadata)),
+        }
+    }
+
+    fn same(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b),
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b),
+            (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b),
+            (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Identity {
+    Service(ObjectKey),
+    Slice(ObjectKey),
+    Node(String),
+    Namespace(String),
+}
+
 struct FileEntry {
     hash: u64,
     objects: Vec<Object>,
 }
 
 /// The parsed contents of a manifest directory.
+///
+/// The snapshot is kept up to date as files change (persistent maps), so a
+/// changed file costs O(its objects), not a rebuild from every file.
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileEntry>,
+    /// Every definition of each object, by file; the last file's is in `snap`.
+    defs: BTreeMap<Identity, BTreeMap<PathBuf, Object>>,
+    snap: Snapshot,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -139,7 +183,12 @@ fn is_manifest(path: &Path) -> bool {
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new() }
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            defs: BTreeMap::new(),
+            snap: Snapshot { synced: true, ..Snapshot::default() },
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -150,7 +199,7 @@ impl ManifestDir {
     /// bytes did not change are not parsed again.
     pub fn rescan(&mut self) -> Result<bool> {
         let io = |source| Error::Io { path: self.dir.clone(), source };
-        let mut seen = Vec::new();
+        let mut seen = BTreeSet::new();
         let mut changed = false;
         for entry in std::fs::read_dir(&self.dir).map_err(io)? {
             let Ok(entry) = entry else { continue };
@@ -166,14 +215,14 @@ impl ManifestDir {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     warn!(file = %path.display(), error = %e, "cannot read manifest; keeping its previous objects");
-                    seen.push(path);
+                    seen.insert(path);
                     continue;
                 }
             };
             let mut hasher = DefaultHasher::new();
             text.hash(&mut hasher);
             let hash = hasher.finish();
-            seen.push(path.clone());
+            seen.insert(path.clone());
             if self.files.get(&path).is_some_and(|f| f.hash == hash) {
                 continue;
             }
@@ -183,29 +232,105 @@ impl ManifestDir {
                 warn!("{w}");
             }
             debug!(file = %path.display(), objects = objects.len(), "parsed manifest");
-            self.files.insert(path, FileEntry { hash, objects });
+            self.replace_file(path, Some(FileEntry { hash, objects }));
             changed = true;
         }
-        let before = self.files.len();
-        self.files.retain(|path, _| seen.contains(path));
-        Ok(changed || before != self.files.len())
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains(*p)).cloned().collect();
+        for path in gone {
+            self.replace_file(path, None);
+            changed = true;
+        }
+        Ok(changed)
     }
 
-    /// The snapshot of everything read so far.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut b = SnapshotBuilder::new();
-        for entry in self.files.values() {
-            for obj in &entry.objects {
-                match obj {
-                    Object::Service(o) => b.service(o.clone()),
-                    Object::EndpointSlice(o) => b.slice(o.clone()),
-                    Object::Node(o) => b.node(o.clone()),
-                    Object::Namespace(o) => b.namespace(o.clone()),
-                };
+    /// Puts the objects of `path` in place of what it held before and brings
+    /// the snapshot up to date for every object either version defines.
+    fn replace_file(&mut self, path: PathBuf, entry: Option<FileEntry>) {
+        let old = match entry {
+            Some(entry) => self.files.insert(path.clone(), entry),
+            None => self.files.remove(&path),
+        };
+        let old = old.map(|e| e.objects).unwrap_or_default();
+        let new = self.files.get(&path).map_or(&[][..], |e| &e.objects[..]);
+        let touched: BTreeSet<Identity> = old.iter().chain(new).map(Object::identity).collect();
+        let winner = |defs: &BTreeMap<Identity, BTreeMap<PathBuf, Object>>, id: &Identity| {
+            defs.get(id).and_then(|by_file| by_file.values().next_back()).cloned()
+        };
+        let before: Vec<Option<Object>> = touched.iter().map(|id| winner(&self.defs, id)).collect();
+        for obj in &old {
+            let id = obj.identity();
+            if let Some(by_file) = self.defs.get_mut(&id) {
+                by_file.remove(&path);
+                if by_file.is_empty() {
+                    self.defs.remove(&id);
+                }
             }
         }
-        b.synced(true);
-        b.build()
+        for obj in new {
+            self.defs.entry(obj.identity()).or_default().insert(path.clone(), obj.clone());
+        }
+        for (id, before) in touched.iter().zip(before) {
+            let after = winner(&self.defs, id);
+            if let (Some(a), Some(b)) = (&before, &after) {
+                if a.same(b) {
+                    continue;
+                }
+            }
+            if let Some(files) = self.defs.get(id).filter(|f| f.len() > 1) {
+                let files: Vec<_> = files.keys().map(|p| p.display().to_string()).collect();
+                warn!(object = ?id, ?files, "defined in several files; the last one wins");
+            }
+            if let Some(before) = before {
+                self.unset(&before);
+            }
+            if let Some(after) = after {
+                self.set(after);
+            }
+        }
+    }
+
+    fn set(&mut self, obj: Object) {
+        let name = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            meta.name.clone().unwrap_or_default()
+        };
+        let snap = &mut self.snap;
+        match obj {
+            Object::Service(o) => {
+                snap.services.insert(ObjectKey::of(&o.metadata), o);
+            }
+            Object::EndpointSlice(o) => group_slice(&mut snap.slices, o),
+            Object::Node(o) => {
+                snap.nodes.insert(name(&o.metadata), o);
+            }
+            Object::Namespace(o) => {
+                snap.namespaces.insert(name(&o.metadata), o);
+            }
+        }
+    }
+
+    fn unset(&mut self, obj: &Object) {
+        let snap = &mut self.snap;
+        match obj.identity() {
+            Identity::Service(key) => {
+                snap.services.remove(&key);
+            }
+            Identity::Slice(_) => {
+                if let Object::EndpointSlice(o) = obj {
+                    ungroup_slice(&mut snap.slices, o);
+                }
+            }
+            Identity::Node(name) => {
+                snap.nodes.remove(&name);
+            }
+            Identity::Namespace(name) => {
+                snap.namespaces.remove(&name);
+            }
+        }
+    }
+
+    /// The snapshot of everything read so far (an O(1) clone).
+    pub fn snapshot(&self) -> Snapshot {
+        self.snap.clone()
     }
 }
 
@@ -307,6 +432,93 @@ metadata: {name: node-a}
         let (objects, warnings) = parse_documents("s.yaml", text);
         assert!(objects.is_empty());
         assert!(warnings[0].contains("Service \"s\"") && warnings[0].contains("invalid"), "{warnings:?}");
+    }
+
+    /// A scratch directory removed when dropped.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(test: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("sluice-k8s-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("create scratch dir");
+            Self(path)
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            std::fs::write(self.0.join(file), text).expect("write manifest");
+        }
+
+        fn remove(&self, file: &str) {
+            std::fs::remove_file(self.0.join(file)).expect("remove manifest");
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn service(name: &str, ip: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {ip}}}\n---\n")
+    }
+
+    fn slice(name: &str, service: &str) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nendpoints: []\n---\n"
+        )
+    }
+
+    fn cluster_ip(snap: &Snapshot, name: &str) -> Option<String> {
+        snap.services.get(&ObjectKey::new("default", name))?.spec.as_ref()?.cluster_ip.clone()
+    }
+
+    #[test]
+    fn changed_file_updates_its_objects_and_others_keep_their_arcs() {
+        let dir = Dir::new("changed-file");
+        dir.write("a.yaml", &service("a", "198.19.0.1"));
+        dir.write("b.yaml", &(service("b", "198.19.0.2") + &slice("b-1", "b")));
+        let mut m = ManifestDir::new(&dir.0);
+        assert!(m.rescan().expect("scan"));
+        let before = m.snapshot();
+        assert!(before.synced);
+
+        dir.write("b.yaml", &(service("b", "198.19.0.3") + &slice("b-1", "c")));
+        assert!(m.rescan().expect("scan"));
+        let after = m.snapshot();
+        let a = ObjectKey::new("default", "a");
+        assert!(Arc::ptr_eq(&before.services[&a], &after.services[&a]), "a.yaml did not change");
+        assert_eq!(cluster_ip(&after, "b").as_deref(), Some("198.19.0.3"));
+        assert_eq!(
+            after.slices.keys().collect::<Vec<_>>(),
+            vec![&ObjectKey::new("default", "c")],
+            "the slice moved from Service b to c"
+        );
+        assert!(!m.rescan().expect("scan"), "nothing changed on disk");
+
+        dir.remove("b.yaml");
+        assert!(m.rescan().expect("scan"));
+        let gone = m.snapshot();
+        assert_eq!(gone.services.keys().collect::<Vec<_>>(), vec![&a], "b.yaml's objects must go");
+        assert!(gone.slices.is_empty(), "b.yaml's slice must go, saw {:?}", gone.slices);
+    }
+
+    #[test]
+    fn object_in_two_files_comes_from_the_last_and_survives_its_removal() {
+        let dir = Dir::new("two-files");
+        dir.write("1.yaml", &service("web", "198.19.0.1"));
+        dir.write("2.yaml", &service("web", "198.19.0.2"));
+        let mut m = ManifestDir::new(&dir.0);
+        m.rescan().expect("scan");
+        assert_eq!(cluster_ip(&m.snapshot(), "web").as_deref(), Some("198.19.0.2"), "last file wins");
+        dir.remove("2.yaml");
+        assert!(m.rescan().expect("scan"));
+        assert_eq!(
+            cluster_ip(&m.snapshot(), "web").as_deref(),
+            Some("198.19.0.1"),
+            "the other file's definition must remain"
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
+
+pub use imbl::OrdMap;
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Service},
@@ -37,19 +39,31 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// The EndpointSlices of one Service, by slice name.
+pub type SliceGroup = OrdMap<String, Arc<EndpointSlice>>;
+
 /// Everything a component knows about the cluster at one moment.
 ///
 /// Objects are shared (`Arc`): an object that did not change between two
 /// snapshots is the same allocation, so consumers can memoise per object by
 /// pointer and do O(changed objects) work per update.
+///
+/// The maps are persistent ([`OrdMap`]: a B-tree whose nodes are shared
+/// between versions), so a source keeps its own maps, updates them in
+/// O(log n) per changed object and publishes a snapshot as an O(1) clone;
+/// two snapshots share every node the change did not touch. They read like
+/// a `BTreeMap` (`get`, `iter`, `keys`, `values`, `len`, `contains_key`,
+/// indexing) and iterate in key order; [`OrdMap::diff`] lists what changed
+/// between two snapshots.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub services: OrdMap<ObjectKey, Arc<Service>>,
     /// EndpointSlices grouped by the Service they belong to (label
-    /// `kubernetes.io/service-name`), keyed then by slice name.
-    pub slices: BTreeMap<ObjectKey, BTreeMap<String, Arc<EndpointSlice>>>,
-    pub nodes: BTreeMap<String, Arc<Node>>,
-    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// `kubernetes.io/service-name`), keyed then by slice name. A Service
+    /// without slices has no group (never an empty one).
+    pub slices: OrdMap<ObjectKey, SliceGroup>,
+    pub nodes: OrdMap<String, Arc<Node>>,
+    pub namespaces: OrdMap<String, Arc<Namespace>>,
     /// True once the source has completed a full list (or read every file).
     pub synced: bool,
 }
@@ -57,8 +71,38 @@ pub struct Snapshot {
 impl Snapshot {
     /// The EndpointSlices of one Service.
     pub fn slices_of(&self, service: &ObjectKey) -> impl Iterator<Item = &Arc<EndpointSlice>> {
-        self.slices.get(service).into_iter().flat_map(BTreeMap::values)
+        self.slices.get(service).into_iter().flat_map(|group| group.values())
     }
+}
+
+/// Files `slice` under its Service in `groups`; a slice without the
+/// service-name label belongs to no Service and is left out.
+pub(crate) fn group_slice(groups: &mut OrdMap<ObjectKey, SliceGroup>, slice: Arc<EndpointSlice>) {
+    let Some(service) = service_of(&slice) else {
+        return;
+    };
+    let name = slice.metadata.name.clone().unwrap_or_default();
+    groups.entry(service).or_default().insert(name, slice);
+}
+
+/// Takes `slice` (as [`group_slice`] filed it) out of its Service's group,
+/// dropping the group when it becomes empty.
+pub(crate) fn ungroup_slice(groups: &mut OrdMap<ObjectKey, SliceGroup>, slice: &EndpointSlice) {
+    let Some(service) = service_of(slice) else {
+        return;
+    };
+    if let Some(group) = groups.get_mut(&service) {
+        group.remove(slice.metadata.name.as_deref().unwrap_or_default());
+        if group.is_empty() {
+            groups.remove(&service);
+        }
+    }
+}
+
+/// The Service a slice belongs to, if it names one.
+pub(crate) fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(ObjectKey::of(&slice.metadata).namespace, service.clone()))
 }
 
 /// Collects objects into a [`Snapshot`].
@@ -79,16 +123,7 @@ impl SnapshotBuilder {
 
     /// Adds a slice; one without the service-name label belongs to no Service and is dropped.
     pub fn slice(&mut self, slice: Arc<EndpointSlice>) -> &mut Self {
-        let key = ObjectKey::of(&slice.metadata);
-        let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            return self;
-        };
-        self.snap
-            .slices
-            .entry(ObjectKey::new(key.namespace, service.clone()))
-            .or_default()
-            .insert(key.name, slice);
+        group_slice(&mut self.snap.slices, slice);
         self
     }
 

@@ -98,6 +98,7 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     let dataplane =
         EbpfDataplane::load_with(&cfg.bpffs, &cgroup, cfg.sizes, cfg.external.as_ref().map(|e| &e.attach))?;
     let mut reconciler = Reconciler::new(dataplane, cfg.node_name.clone())?;
+    reconciler.set_after_apply(Box::new(crate::sockdestroy::after_apply(cgroup.clone(), cfg.bpffs.clone())));
     let metrics = Arc::new(Metrics::new());
     reconciler.set_metrics(metrics.clone());
     if let Some(addr) = cfg.metrics_addr {

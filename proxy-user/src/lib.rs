@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
+pub mod sockdestroy;
 pub mod status;
 pub mod sys;

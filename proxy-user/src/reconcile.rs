@@ -28,7 +28,12 @@ pub struct Reconciler<D: Dataplane> {
     node_name: String,
     warned: HashSet<String>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    after_apply: Option<AfterApply>,
 }
+
+/// Called with every diff once the dataplane holds it, and the programmed
+/// state after it (e.g. [`crate::sockdestroy::after_apply`]).
+pub type AfterApply = Box<dyn FnMut(&crate::plan::Diff, &crate::plan::Programmed) + Send>;
 
 impl<D: Dataplane> Reconciler<D> {
     /// Adopts whatever the dataplane already holds.
@@ -48,6 +53,7 @@ impl<D: Dataplane> Reconciler<D> {
             node_name: node_name.into(),
             warned: HashSet::new(),
             metrics: None,
+            after_apply: None,
         })
     }
 
@@ -63,6 +69,11 @@ impl<D: Dataplane> Reconciler<D> {
     /// Export sync and programming-latency metrics.
     pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
         self.metrics = Some(metrics);
+    }
+
+    /// Runs `hook` after every successfully applied, non-empty diff.
+    pub fn set_after_apply(&mut self, hook: AfterApply) {
+        self.after_apply = Some(hook);
     }
 
     /// Also program external frontends (NodePort, LB IPs, ExternalIPs).
@@ -100,6 +111,9 @@ impl<D: Dataplane> Reconciler<D> {
                 return Err(e);
             }
             self.planner.commit(&diff, &desired);
+            if let Some(hook) = self.after_apply.as_mut() {
+                hook(&diff, self.planner.programmed());
+            }
         } else {
             self.planner.commit(&diff, &desired);
         }

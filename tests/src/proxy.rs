@@ -90,6 +90,8 @@ pub fn write_manifest(dir: &Path, name: &str, text: &str) {
 pub struct Agent {
     pub proc: Proc,
     pub bpffs: PathBuf,
+    /// The manifest directory it follows, or the kubeconfig it was given
+    /// ([`Agent::start_kube`]).
     pub manifests: PathBuf,
 }
 
@@ -102,10 +104,27 @@ impl Agent {
 
     /// Starts the agent with an explicit bpffs directory (to restart onto the same pins).
     pub fn start_with_bpffs(topo: &Topology, node: &Node, manifests: &Path, bpffs: &Path, extra: &[&str]) -> Agent {
+        Self::spawn(topo, node, "--manifests", manifests, bpffs, extra)
+    }
+
+    /// Starts the agent on `node` following an API server through an
+    /// ordinary kubeconfig (see [`crate::apiserver::ApiServer::write_kubeconfig`]).
+    pub fn start_kube(topo: &mut Topology, node: &Node, kubeconfig: &Path, extra: &[&str]) -> Agent {
+        let bpffs = topo.bpffs().join(format!("sluice-{}", node.name));
+        Self::start_kube_with_bpffs(topo, node, kubeconfig, &bpffs, extra)
+    }
+
+    /// [`Agent::start_kube`] with an explicit bpffs directory (to restart onto the same pins).
+    pub fn start_kube_with_bpffs(topo: &Topology, node: &Node, kubeconfig: &Path, bpffs: &Path, extra: &[&str]) -> Agent {
+        Self::spawn(topo, node, "--kubeconfig", kubeconfig, bpffs, extra)
+    }
+
+    fn spawn(topo: &Topology, node: &Node, source_flag: &str, source: &Path, bpffs: &Path, extra: &[&str]) -> Agent {
+        let manifests = source;
         let mut cmd = Command::new(workspace_bin("sluice-proxy"));
         cmd.arg("run")
-            .arg("--manifests")
-            .arg(manifests)
+            .arg(source_flag)
+            .arg(source)
             .args(["--node-name", &node.name])
             .arg("--cgroup")
             .arg(&node.cgroup)

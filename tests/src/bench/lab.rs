@@ -426,27 +426,27 @@ pub fn nft_reset() -> String {
 }
 
 impl Agent {
-    /// Makes the manifest directory hold exactly `services` (one file each,
-    /// written atomically via a hidden temporary file and rename).
+    /// Makes the manifest directory hold exactly `services` (see
+    /// [`workload::manifest_files`]; written atomically via a hidden temporary file and rename).
     pub fn replace_services(&mut self, services: &[ServiceSpec]) -> anyhow::Result<()> {
-        let wanted: std::collections::HashSet<String> = services.iter().map(workload::manifest_file).collect();
+        let files = workload::manifest_files(services);
+        let wanted: std::collections::HashSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         for e in fs::read_dir(&self.manifests)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !wanted.contains(&name) {
+            if !wanted.contains(name.as_str()) {
                 fs::remove_file(e.path())?;
             }
         }
-        for s in services {
-            self.write_service(s)?;
+        for (name, text) in &files {
+            self.write_file(name, text)?;
         }
         Ok(())
     }
 
-    pub fn write_service(&self, s: &ServiceSpec) -> anyhow::Result<()> {
-        let name = workload::manifest_file(s);
+    pub fn write_file(&self, name: &str, text: &str) -> anyhow::Result<()> {
         let tmp = self.manifests.join(format!(".{name}.tmp"));
-        fs::write(&tmp, workload::manifest(s))?;
-        fs::rename(&tmp, self.manifests.join(&name))?;
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.manifests.join(name))?;
         Ok(())
     }
 

@@ -45,6 +45,11 @@ pub fn tools() -> Vec<(String, String)> {
         ("CPUs (nproc)".into(), sh("nproc", &[])),
         ("CPU model".into(), cpu),
         ("memory".into(), mem),
+        // Other work on the machine shows up as noise: the A/A rows quantify it.
+        (
+            "load average at start".into(),
+            fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".into(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        ),
         ("iperf3".into(), sh("iperf3", &["--version"])),
         ("iptables (baseline backend)".into(), sh("iptables-legacy", &["-V"])),
         ("nft".into(), sh("nft", &["-v"])),

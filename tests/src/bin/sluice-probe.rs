@@ -64,10 +64,26 @@ enum Cmd {
         /// One socket for all datagrams (default: a fresh socket per datagram).
         #[arg(long)]
         reuse: bool,
+        /// With --reuse: after an error, open (and connect) a fresh socket for
+        /// the next datagram, as a resolver does. The output then also lists
+        /// every result in order under "sequence".
+        #[arg(long)]
+        reconnect: bool,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+    },
+    /// One long-lived TCP connection: a line every --interval-ms for
+    /// --duration-ms, each answered by the same backend; reports failures.
+    Hold {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// As many sequential transactions as fit in --duration-ms (at most --max).
     Rate {
@@ -136,12 +152,14 @@ fn main() -> ExitCode {
             count,
             connected,
             reuse,
+            reconnect,
             timeout_ms,
             interval_ms,
         } => {
             let t = ms(timeout_ms);
             let mut tally = Tally::default();
             let mut shared: Option<UdpSocket> = None;
+            let mut sequence = Vec::new();
             for i in 0..count {
                 if i > 0 && interval_ms > 0 {
                     thread::sleep(ms(interval_ms));
@@ -152,9 +170,31 @@ fn main() -> ExitCode {
                     t,
                     if reuse { Some(&mut shared) } else { None },
                 );
+                if reconnect {
+                    sequence.push(match &r {
+                        Ok(a) => a.id.clone(),
+                        Err(e) => e.clone(),
+                    });
+                    if r.is_err() {
+                        shared = None;
+                    }
+                }
                 tally.record(r);
             }
-            print_json(&tally.json(true));
+            let mut out = tally.json(true);
+            if reconnect {
+                out["sequence"] = json!(sequence);
+            }
+            print_json(&out);
+            Ok(())
+        }
+        Cmd::Hold {
+            addr,
+            interval_ms,
+            duration_ms,
+            timeout_ms,
+        } => {
+            print_json(&hold(addr, ms(interval_ms.max(1)), ms(duration_ms), ms(timeout_ms)));
             Ok(())
         }
         Cmd::Rate {
@@ -426,7 +466,8 @@ fn tcp_accept_loop(listener: &TcpListener, id: &str) {
 }
 
 /// Reads one line (or until EOF/timeout: a client that sends nothing is still
-/// answered), replies and closes.
+/// answered), replies and closes. A first line `hold` instead keeps the
+/// connection open and answers every further line (see `hold`).
 fn tcp_answer(mut stream: TcpStream, reply: &str) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
@@ -444,7 +485,30 @@ fn tcp_answer(mut stream: TcpStream, reply: &str) {
         }
     }
     let _ = stream.write_all(reply.as_bytes());
+    if buf[..got].starts_with(b"hold\n") {
+        hold_answer(stream, reply);
+        return;
+    }
     let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Answers every line with `reply` until EOF or 30 s without a line.
+fn hold_answer(mut stream: TcpStream, reply: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let lines = buf[..n].iter().filter(|b| **b == b'\n').count();
+                for _ in 0..lines {
+                    if stream.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn udp_loop(sock: &UdpSocket, id: &str) {
@@ -543,6 +607,8 @@ fn errno_text(e: &io::Error) -> String {
         Some(libc::ENETDOWN) => "ENETDOWN",
         Some(libc::EMSGSIZE) => "EMSGSIZE",
         Some(libc::ENOBUFS) => "ENOBUFS",
+        Some(libc::EDESTADDRREQ) => "EDESTADDRREQ",
+        Some(libc::ENOTCONN) => "ENOTCONN",
         Some(n) => return format!("errno{n}"),
         None => match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "ETIMEDOUT",
@@ -604,6 +670,69 @@ fn tcp_transaction(addr: SocketAddr, timeout: Duration) -> Result<Answer, String
     })
 }
 
+/// Reads one `\n`-terminated line (at most 512 bytes) byte by byte, so
+/// nothing of the next answer is consumed.
+fn read_line(s: &mut TcpStream) -> Result<String, String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 512 {
+        match s.read(&mut byte) {
+            Ok(0) => return Err("read:EOF".into()),
+            Ok(_) if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(format!("read:{}", errno_text(&e))),
+        }
+    }
+    Err("bad_reply".into())
+}
+
+/// One connection through `addr`: "hold\n", then "ping\n" every `interval`
+/// until `duration` has passed, each answer read back. Stops at the first
+/// failure (the connection is then broken) and reports it.
+fn hold(addr: SocketAddr, interval: Duration, duration: Duration, timeout: Duration) -> Value {
+    let mut by_id: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ok = 0u64;
+    let mut error: Option<String> = None;
+    let start = Instant::now();
+    let result = (|| -> Result<(), String> {
+        let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| errno_text(&e))?;
+        s.set_read_timeout(Some(timeout)).map_err(|e| format!("setsockopt:{}", errno_text(&e)))?;
+        s.set_write_timeout(Some(timeout)).map_err(|e| format!("setsockopt:{}", errno_text(&e)))?;
+        s.write_all(b"hold\n").map_err(|e| format!("write:{}", errno_text(&e)))?;
+        let mut first = true;
+        // Bounded: one exchange per interval within the duration.
+        let rounds = duration.as_millis() / interval.as_millis().max(1) + 1;
+        for k in 0..rounds {
+            if !first {
+                let at = interval * u32::try_from(k).unwrap_or(u32::MAX);
+                if at >= duration {
+                    break;
+                }
+                if let Some(wait) = (start + at).checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                s.write_all(b"ping\n").map_err(|e| format!("write:{}", errno_text(&e)))?;
+            }
+            first = false;
+            let line = read_line(&mut s)?;
+            let (id, _) = parse_reply(line.as_bytes())?;
+            *by_id.entry(id).or_default() += 1;
+            ok += 1;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        error = Some(e);
+    }
+    json!({
+        "ok": ok,
+        "failed": u64::from(error.is_some()),
+        "error": error,
+        "by_id": by_id,
+        "elapsed_ms": start.elapsed().as_millis() as u64,
+    })
+}
+
 fn udp_socket_for(addr: SocketAddr) -> io::Result<UdpSocket> {
     let local: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -642,6 +771,14 @@ fn udp_transaction(
             &fresh
         }
     };
+    // A socket the kernel aborted (SOCK_DESTROY) carries ECONNABORTED until
+    // read: report it as this operation's result, as a blocked recv would.
+    if let Some(e) = sock
+        .take_error()
+        .map_err(|e| format!("getsockopt:{}", errno_text(&e)))?
+    {
+        return Err(errno_text(&e));
+    }
     sock.set_read_timeout(Some(timeout))
         .map_err(|e| format!("setsockopt:{}", errno_text(&e)))?;
     let mut buf = [0u8; 2048];
