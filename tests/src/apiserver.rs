@@ -475,8 +475,21 @@ async fn server_main(
             }
             Control::Resume(done) => {
                 if serving.is_none() {
-                    let listener = bind(addr)
-                        .unwrap_or_else(|e| panic!("test API server: rebinding {addr}: {e}"));
+                    // While stopped, a client retrying 127.0.0.1:PORT can
+                    // briefly hold the port itself (a TCP self-connect from
+                    // that ephemeral port): retry for a bounded while.
+                    let mut tries = 0;
+                    let listener = loop {
+                        match bind(addr) {
+                            Ok(l) => break l,
+                            Err(e) if tries < 100 => {
+                                tries += 1;
+                                let _ = e;
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                            Err(e) => panic!("test API server: rebinding {addr}: {e}"),
+                        }
+                    };
                     serving = Some(Serving::spawn(listener, shared.clone()));
                 }
                 let _ = done.send(());
