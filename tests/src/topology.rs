@@ -601,6 +601,11 @@ impl Topology {
         if let Err(e) = sys::remove_cgroup_tree(&self.cgroup, &mut Vec::new()) {
             log.push(format!("error: {e}"));
         }
+        // The shared parent goes with the last topology: rmdir fails while a
+        // concurrent test still has its own directory in it, which is fine.
+        if let Some(parent) = self.cgroup.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         if let Err(e) = sys::umount_below(&self.tmp, &mut Vec::new()) {
             log.push(format!("error: {e}"));
         }
