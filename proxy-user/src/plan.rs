@@ -234,7 +234,7 @@ impl Planner {
     }
 
     /// Records that `diff` was applied and `desired` is now programmed.
-    pub fn commit(&mut self, diff: &Diff, desired: &DesiredState) {
+    pub fn commit(&mut self, diff: &Diff, desired: DesiredState) {
         for (id, addr) in &diff.backends_added {
             self.programmed.backends.insert(*id, *addr);
             self.by_addr.insert(*addr, *id);
@@ -265,7 +265,8 @@ impl Planner {
             self.by_addr.remove(addr);
             self.refs.remove(id);
         }
-        self.last = desired.frontends.clone();
+        // Taken, not cloned: this runs on every update.
+        self.last = desired.frontends;
     }
 
     /// Forgets the shortcut of unchanged frontends (after a failed apply the
@@ -311,7 +312,7 @@ mod tests {
 
     fn step(p: &mut Planner, d: &DesiredState) -> Diff {
         let diff = p.plan(d);
-        p.commit(&diff, d);
+        p.commit(&diff, d.clone());
         diff
     }
 

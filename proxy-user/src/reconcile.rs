@@ -110,12 +110,12 @@ impl<D: Dataplane> Reconciler<D> {
                 }
                 return Err(e);
             }
-            self.planner.commit(&diff, &desired);
+        }
+        self.planner.commit(&diff, desired);
+        if !diff.is_empty() {
             if let Some(hook) = self.after_apply.as_mut() {
                 hook(&diff, self.planner.programmed());
             }
-        } else {
-            self.planner.commit(&diff, &desired);
         }
         stats.backends = self.planner.programmed().backends.len();
         stats.micros = start.elapsed().as_micros();

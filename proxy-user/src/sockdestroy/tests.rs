@@ -29,7 +29,7 @@ fn fe(backends: &[BackendAddr]) -> Frontend {
 fn step(planner: &mut Planner, desired: &[(FrontendKey, Frontend)]) -> Vec<StaleUdp> {
     let desired = DesiredState { frontends: desired.iter().cloned().collect() };
     let diff = planner.plan(&desired);
-    planner.commit(&diff, &desired);
+    planner.commit(&diff, desired);
     stale_udp_backends(&diff, planner.programmed())
 }
 
