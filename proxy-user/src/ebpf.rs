@@ -84,6 +84,40 @@ pub struct EbpfDataplane {
     sizes: MapSizes,
 }
 
+/// Loads a cgroup sock_addr program and either swaps it into the link a
+/// previous agent pinned (BPF_LINK_UPDATE: no gap) or attaches and pins it.
+pub(crate) fn attach_cgroup_program(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    cgroup_dir: &File,
+    links: &Path,
+) -> Result<()> {
+    let prog: &mut CgroupSockAddr = bpf
+        .program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })?;
+    prog.load().map_err(|source| Error::Program { name, source })?;
+    let pin = links.join(name);
+    let link_err = |e: &dyn std::fmt::Display| Error::Link { path: pin.clone(), source: std::io::Error::other(e.to_string()) };
+    if pin.exists() {
+        let link = sys::obj_get(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
+        let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
+        sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| Error::Link { path: pin.clone(), source })?;
+        debug!(program = name, "replaced program behind pinned link");
+    } else {
+        // bpf_link attachments to cgroups are always multi; the flags must be 0.
+        let id = prog
+            .attach(cgroup_dir, CgroupAttachMode::Single)
+            .map_err(|source| Error::Program { name, source })?;
+        let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
+        let link = FdLink::try_from(link).map_err(|e| link_err(&e))?;
+        link.pin(&pin).map_err(|e| link_err(&e))?;
+        debug!(program = name, "attached and pinned");
+    }
+    Ok(())
+}
+
 fn take_hash<K: aya::Pod, V: aya::Pod>(
     bpf: &mut Ebpf,
     name: &'static str,
@@ -133,34 +167,7 @@ impl EbpfDataplane {
         let cgroup_dir =
             File::open(cgroup).map_err(|source| Error::Cgroup { path: cgroup.into(), source })?;
         for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = bpf
-                .program_mut(name)
-                .ok_or(Error::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| Error::Program { name, source })?;
-            prog.load().map_err(|source| Error::Program { name, source })?;
-            let pin = links.join(name);
-            if pin.exists() {
-                let link = sys::obj_get(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
-                let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
-                sys::link_update(link.as_fd(), fd.as_fd())
-                    .map_err(|source| Error::Link { path: pin.clone(), source })?;
-                debug!(program = name, "replaced program behind pinned link");
-            } else {
-                let id = prog
-                    .attach(&cgroup_dir, CgroupAttachMode::Single) // links are always multi; flags must be 0
-                    .map_err(|source| Error::Program { name, source })?;
-                let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
-                let link = FdLink::try_from(link).map_err(|e| Error::Link {
-                    path: pin.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                link.pin(&pin).map_err(|e| Error::Link {
-                    path: pin.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                debug!(program = name, cgroup = %cgroup.display(), "attached and pinned");
-            }
+            attach_cgroup_program(&mut bpf, name, &cgroup_dir, &links)?;
         }
         info!(bpffs = %bpffs.display(), cgroup = %cgroup.display(), "socket load balancer attached");
         if let Some(ext) = external {

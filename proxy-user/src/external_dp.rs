@@ -21,7 +21,7 @@ use std::{
 use aya::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, Map, MapData, MapError},
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        links::FdLink, LinkOrder, SchedClassifier, TcAttachType,
         tc::TcAttachOptions,
     },
     Ebpf,
@@ -89,24 +89,7 @@ pub fn attach(bpf: &mut Ebpf, links: &Path, cgroup_dir: &File, opts: &ExternalAt
             info!(program = name, interface = %ifname, "attached (tcx) and pinned");
         }
     }
-    let name = names::PROG_BIND4;
-    let prog: &mut CgroupSockAddr = bpf
-        .program_mut(name)
-        .ok_or(Error::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| Error::Program { name, source })?;
-    prog.load().map_err(|source| Error::Program { name, source })?;
-    let pin = links.join(name);
-    if pin.exists() {
-        let link = sys::obj_get(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
-        let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
-        sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| Error::Link { path: pin.clone(), source })?;
-    } else {
-        let id = prog.attach(cgroup_dir, CgroupAttachMode::Single).map_err(|source| Error::Program { name, source })?;
-        let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
-        let link = FdLink::try_from(link).map_err(|e| io_err(&pin, e))?;
-        link.pin(&pin).map_err(|e| io_err(&pin, e))?;
-    }
+    crate::ebpf::attach_cgroup_program(bpf, names::PROG_BIND4, cgroup_dir, links)?;
     Ok(())
 }
 
