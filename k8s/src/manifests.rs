@@ -141,12 +141,14 @@ impl Object {
         }
     }
 
+    /// Equal by value: an object a rewritten file defines unchanged keeps
+    /// its old allocation in the snapshot, so consumers see it unchanged.
     fn same(&self, other: &Object) -> bool {
         match (self, other) {
-            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b),
-            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b),
-            (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b),
-            (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b),
+            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,
         }
     }
@@ -161,8 +163,25 @@ enum Identity {
 }
 
 struct FileEntry {
+    /// Size, modification time and inode when last read: a rescan reads only
+    /// files whose metadata changed.
+    stamp: Option<Stamp>,
     hash: u64,
     objects: Vec<Object>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self { len: meta.len(), modified: meta.modified().ok(), inode: meta.ino() }
+    }
 }
 
 /// The parsed contents of a manifest directory.
@@ -201,12 +220,22 @@ impl ManifestDir {
         let io = |source| Error::Io { path: self.dir.clone(), source };
         let mut seen = BTreeSet::new();
         let mut changed = false;
+        let mut to_parse = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io)? {
             let Ok(entry) = entry else { continue };
             let path = entry.path();
             // Editors' temporary and hidden files are not manifests.
             let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-            if hidden || !is_manifest(&path) || !path.is_file() {
+            if hidden || !is_manifest(&path) {
+                continue;
+            }
+            // Follows symlinks (ConfigMap mounts are symlinks).
+            let stamp = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => Stamp::of(&m),
+                _ => continue,
+            };
+            if self.files.get(&path).is_some_and(|f| f.stamp == Some(stamp)) {
+                seen.insert(path);
                 continue;
             }
             let text = match std::fs::read(&path) {
@@ -223,16 +252,20 @@ impl ManifestDir {
             text.hash(&mut hasher);
             let hash = hasher.finish();
             seen.insert(path.clone());
-            if self.files.get(&path).is_some_and(|f| f.hash == hash) {
+            if let Some(f) = self.files.get_mut(&path).filter(|f| f.hash == hash) {
+                f.stamp = Some(stamp);
                 continue;
             }
-            let text = String::from_utf8_lossy(&text);
-            let (objects, warnings) = parse_documents(&path.display().to_string(), &text);
+            to_parse.push((path, stamp, hash, text));
+        }
+        // Parsing dominates a cold start (thousands of objects): spread the
+        // changed files over the CPUs, then apply them in path order.
+        for (path, stamp, hash, objects, warnings) in parse_files(to_parse) {
             for w in &warnings {
                 warn!("{w}");
             }
             debug!(file = %path.display(), objects = objects.len(), "parsed manifest");
-            self.replace_file(path, Some(FileEntry { hash, objects }));
+            self.replace_file(path, Some(FileEntry { stamp: Some(stamp), hash, objects }));
             changed = true;
         }
         let gone: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains(*p)).cloned().collect();
@@ -334,10 +367,62 @@ impl ManifestDir {
     }
 }
 
+/// A changed file read but not parsed yet: path, stamp, hash, bytes.
+type Unparsed = (PathBuf, Stamp, u64, Vec<u8>);
+/// A parsed file: path, stamp, hash, objects, warnings.
+type Parsed = (PathBuf, Stamp, u64, Vec<Object>, Vec<String>);
+
+/// Parses `files` on up to one thread per CPU; the result is in path order.
+fn parse_files(mut files: Vec<Unparsed>) -> Vec<Parsed> {
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let parse = |(path, stamp, hash, bytes): Unparsed| -> Parsed {
+        let text = String::from_utf8_lossy(&bytes);
+        let (objects, warnings) = parse_documents(&path.display().to_string(), &text);
+        (path, stamp, hash, objects, warnings)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(files.len());
+    if threads <= 1 {
+        return files.into_iter().map(parse).collect();
+    }
+    // Round-robin, so big and small files mix; results are put back in order.
+    let mut shares: Vec<Vec<(usize, Unparsed)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, f) in files.into_iter().enumerate() {
+        shares[i % threads].push((i, f));
+    }
+    let mut out: Vec<(usize, Parsed)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| scope.spawn(move || share.into_iter().map(|(i, f)| (i, parse(f))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, p)| p).collect()
+}
+
 /// How often the directory is rescanned even without an inotify event.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
-/// Lets a burst of writes (an editor's save, a `cp` of many files) settle into one update.
-const DEBOUNCE: Duration = Duration::from_millis(10);
+/// Lets a burst of changes (a `cp` or `mv` of many files) settle into one
+/// update. Short, because only finished writes wake the watcher (see
+/// [`wakes`]).
+const DEBOUNCE: Duration = Duration::from_millis(2);
+
+/// Whether an inotify event can mean a changed manifest: a file created,
+/// removed, renamed or closed after writing. Opens, reads, attribute changes
+/// and writes still in progress do not (a half-written file must not be
+/// read; our own reads must not wake us again).
+fn wakes(event: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match event {
+        Err(_) => true,
+        Ok(e) => match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_)) => false,
+            _ => true,
+        },
+    }
+}
 
 /// Reads `dir` once, publishes the snapshot, and follows the directory in a
 /// background task. The first snapshot is in the channel when this returns.
@@ -346,8 +431,10 @@ pub fn watch_dir(dir: impl Into<PathBuf>) -> Result<watch::Receiver<Arc<Snapshot
     manifests.rescan()?;
     let (tx, rx) = watch::channel(Arc::new(manifests.snapshot()));
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |_res| {
-        let _ = ev_tx.send(());
+    let mut watcher = notify::recommended_watcher(move |res| {
+        if wakes(&res) {
+            let _ = ev_tx.send(());
+        }
     })
     .map_err(|source| Error::Watch { path: manifests.dir().to_owned(), source })?;
     notify::Watcher::watch(&mut watcher, manifests.dir(), notify::RecursiveMode::NonRecursive)

@@ -1,6 +1,6 @@
 use std::{fmt, sync::Arc};
 
-pub use imbl::OrdMap;
+pub use imbl::{ordmap::DiffItem, OrdMap};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Service},

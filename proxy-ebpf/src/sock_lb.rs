@@ -77,7 +77,7 @@ fn pick_slot(fe: &ServiceValue) -> u16 {
 }
 
 #[inline(always)]
-fn affinity_lookup(ctx: &SockAddrContext, fe: &ServiceValue) -> (AffinityKey, Option<u32>) {
+fn affinity_lookup(ctx: &SockAddrContext, fe: &ServiceValue) -> (AffinityKey, Option<(u32, u16)>) {
     // SAFETY: sock_addr programs may ask for the netns cookie of their context.
     let client_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let key = AffinityKey { client_cookie, revnat_id: fe.revnat_id, _pad: 0 };
@@ -85,8 +85,8 @@ fn affinity_lookup(ctx: &SockAddrContext, fe: &ServiceValue) -> (AffinityKey, Op
     let hit = unsafe { SLC_AFF.get(&key) }.and_then(|v| {
         let now = unsafe { bpf_ktime_get_ns() };
         let timeout = u64::from(fe.affinity_timeout) * NSEC_PER_SEC;
-        if now.wrapping_sub(v.last_used_ns) <= timeout {
-            Some(v.backend_id)
+        if now.wrapping_sub(v.last_used_ns) <= timeout && v.slot >= 1 && v.slot <= fe.count {
+            Some((v.backend_id, v.slot as u16))
         } else {
             None
         }
@@ -95,8 +95,8 @@ fn affinity_lookup(ctx: &SockAddrContext, fe: &ServiceValue) -> (AffinityKey, Op
 }
 
 #[inline(always)]
-fn affinity_store(key: &AffinityKey, backend_id: u32) {
-    let value = AffinityValue { backend_id, _pad: 0, last_used_ns: unsafe { bpf_ktime_get_ns() } };
+fn affinity_store(key: &AffinityKey, backend_id: u32, slot: u16) {
+    let value = AffinityValue { backend_id, slot: u32::from(slot), last_used_ns: unsafe { bpf_ktime_get_ns() } };
     let _ = SLC_AFF.insert(key, &value, 0);
 }
 
@@ -117,11 +117,18 @@ fn lb4(ctx: &SockAddrContext) -> i32 {
     if fe.count == 0 {
         return reject(ECONNREFUSED);
     }
-    let (aff_key, mut backend) = if fe.flags & SVC_FLAG_AFFINITY != 0 {
+    let (aff_key, hit) = if fe.flags & SVC_FLAG_AFFINITY != 0 {
         affinity_lookup(ctx, &fe)
     } else {
         (AffinityKey { client_cookie: 0, revnat_id: 0, _pad: 0 }, None)
     };
+    // The remembered backend still counts only if its slot still holds it.
+    let mut backend = hit.and_then(|(id, slot)| {
+        key.slot = slot;
+        // SAFETY: the value is read at once.
+        let s = unsafe { SLC_SVC4.get(&key) }?;
+        (s.backend_id == id).then_some(id)
+    });
     let mut be = backend.and_then(|id| unsafe { SLC_BE4.get(&id) }.copied());
     if be.is_none_or(|b| b.state != BACKEND_ACTIVE) {
         key.slot = pick_slot(&fe);
@@ -136,7 +143,7 @@ fn lb4(ctx: &SockAddrContext) -> i32 {
     }
     let (Some(id), Some(be)) = (backend, be) else { return reject(EHOSTUNREACH) };
     if fe.flags & SVC_FLAG_AFFINITY != 0 {
-        affinity_store(&aff_key, id);
+        affinity_store(&aff_key, id, key.slot);
     }
     sa.user_ip4 = be.addr;
     sa.user_port = u32::from(be.port);
@@ -204,11 +211,18 @@ fn lb6(ctx: &SockAddrContext) -> i32 {
     if fe.count == 0 {
         return reject(ECONNREFUSED);
     }
-    let (aff_key, mut backend) = if fe.flags & SVC_FLAG_AFFINITY != 0 {
+    let (aff_key, hit) = if fe.flags & SVC_FLAG_AFFINITY != 0 {
         affinity_lookup(ctx, &fe)
     } else {
         (AffinityKey { client_cookie: 0, revnat_id: 0, _pad: 0 }, None)
     };
+    // The remembered backend still counts only if its slot still holds it.
+    let mut backend = hit.and_then(|(id, slot)| {
+        key.slot = slot;
+        // SAFETY: the value is read at once.
+        let s = unsafe { SLC_SVC6.get(&key) }?;
+        (s.backend_id == id).then_some(id)
+    });
     let mut be = backend.and_then(|id| unsafe { SLC_BE6.get(&id) }.copied());
     if be.is_none_or(|b| b.state != BACKEND_ACTIVE) {
         key.slot = pick_slot(&fe);
@@ -221,7 +235,7 @@ fn lb6(ctx: &SockAddrContext) -> i32 {
     }
     let (Some(id), Some(be)) = (backend, be) else { return reject(EHOSTUNREACH) };
     if fe.flags & SVC_FLAG_AFFINITY != 0 {
-        affinity_store(&aff_key, id);
+        affinity_store(&aff_key, id, key.slot);
     }
     write_ip6(sa, &be.addr);
     sa.user_port = u32::from(be.port);

@@ -1,9 +1,9 @@
 //! The pure core: Kubernetes objects to the desired load-balancing state.
 //!
 //! Nothing here touches the kernel. `service_frontends` translates one
-//! Service and its EndpointSlices; `DesiredState::compute` does every Service
-//! and memoises per Service by object identity, so an update costs
-//! O(changed Services).
+//! Service and its EndpointSlices; [`Translator::compute`] keeps the desired
+//! state of every Service and re-translates only the changed ones, so an
+//! update costs O(changed Services).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -16,7 +16,7 @@ use k8s_openapi::api::{
     core::v1::{Service, ServicePort},
     discovery::v1::{Endpoint, EndpointSlice},
 };
-use sluice_k8s::{semantics, ObjectKey, Snapshot};
+use sluice_k8s::{semantics, ObjectKey, OrdMap, Snapshot};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -329,25 +329,66 @@ fn topology_filter<'a>(
     pick(&by_zone)
 }
 
-#[derive(Clone)]
-struct Memo {
-    svc: Arc<Service>,
-    slices: Vec<Arc<EndpointSlice>>,
-    node: NodeInfo,
-    result: Arc<ServiceTranslation>,
-}
-
 /// The desired state of every frontend.
+///
+/// A persistent map ([`OrdMap`]): the translator keeps one and changes only
+/// the frontends of changed Services, and handing it to the planner is an
+/// O(1) clone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    pub frontends: OrdMap<FrontendKey, Frontend>,
 }
 
-/// Computes desired states, reusing the translation of every Service whose
-/// objects did not change since the last call.
+/// Which frontends one [`Translator::compute`] may have changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Everything must be compared (first run, node or configuration change).
+    All,
+    /// Only these keys (added, changed or removed); every other frontend is
+    /// as the previous call left it.
+    Keys(BTreeSet<FrontendKey>),
+}
+
+impl Changed {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Changed::Keys(k) if k.is_empty())
+    }
+}
+
+/// The result of one [`Translator::compute`].
+#[derive(Clone, Debug)]
+pub struct Computed {
+    pub state: DesiredState,
+    pub changed: Changed,
+    /// Every current warning (each a sentence naming the object it skipped).
+    pub warnings: Vec<String>,
+}
+
+/// What the translator last saw, to find the changed Services.
+#[derive(Clone, Default)]
+struct Seen {
+    services: OrdMap<ObjectKey, Arc<Service>>,
+    slices: OrdMap<ObjectKey, sluice_k8s::SliceGroup>,
+    node: NodeInfo,
+}
+
+/// Computes desired states incrementally: it compares each snapshot with the
+/// previous one (persistent maps, so unchanged subtrees are skipped by
+/// pointer), re-translates only the Services whose Service object or slices
+/// changed, and patches its persistent desired state. An update costs
+/// O(changed Services x log n).
+///
+/// When two Services claim the same frontend, the first in (namespace, name)
+/// order owns it and the other gets a warning, whatever order they arrived in.
 #[derive(Default)]
 pub struct Translator {
-    memo: HashMap<ObjectKey, Memo>,
+    seen: Option<Seen>,
+    memo: HashMap<ObjectKey, Arc<ServiceTranslation>>,
+    state: DesiredState,
+    /// The Service owning each frontend.
+    owners: HashMap<FrontendKey, ObjectKey>,
+    /// Services claiming a frontend another Service owns.
+    losers: BTreeMap<FrontendKey, BTreeSet<ObjectKey>>,
     external: Option<Arc<crate::external::ExternalConfig>>,
     recomputed: Vec<ObjectKey>,
 }
@@ -361,62 +402,139 @@ impl Translator {
     /// [`crate::external::external_frontends`]); `None` turns that off.
     pub fn set_external(&mut self, cfg: Option<crate::external::ExternalConfig>) {
         self.external = cfg.map(Arc::new);
-        self.memo.clear();
+        self.seen = None;
     }
 
     /// The Services whose translation the last [`Translator::compute`] redid
-    /// (new or changed objects).
+    /// (new, changed or deleted objects).
     pub fn recomputed(&self) -> &[ObjectKey] {
         &self.recomputed
     }
 
-    /// Returns the desired state and the warnings of this snapshot (each a
-    /// sentence naming the object it skipped).
-    pub fn compute(&mut self, snap: &Snapshot, node: &NodeInfo) -> (DesiredState, Vec<String>) {
-        let mut state = DesiredState::default();
-        let mut warnings = Vec::new();
-        let mut owners: HashMap<FrontendKey, ObjectKey> = HashMap::new();
-        let mut next_memo = HashMap::with_capacity(snap.services.len());
+    /// The desired state of `snap`, what changed since the previous call, and
+    /// the current warnings.
+    pub fn compute(&mut self, snap: &Snapshot, node: &NodeInfo) -> Computed {
         self.recomputed.clear();
-        for (key, svc) in &snap.services {
-            let slices: Vec<Arc<EndpointSlice>> = snap.slices_of(key).cloned().collect();
-            let memo = match self.memo.remove(key) {
-                Some(m)
-                    if Arc::ptr_eq(&m.svc, svc)
-                        && m.node == *node
-                        && m.slices.len() == slices.len()
-                        && m.slices.iter().zip(&slices).all(|(a, b)| Arc::ptr_eq(a, b)) =>
-                {
-                    m
+        let mut touched = BTreeSet::new();
+        let changed = match self.seen.take() {
+            Some(seen) if seen.node == *node => {
+                let mut keys = BTreeSet::new();
+                for item in seen.services.diff(&snap.services) {
+                    keys.insert(diff_key(item).clone());
                 }
-                _ => {
-                    self.recomputed.push(key.clone());
-                    let refs: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
-                    let mut result = service_frontends(key, svc, &refs, node);
-                    if let Some(cfg) = &self.external {
-                        let ext = crate::external::external_frontends(key, svc, &refs, node, cfg);
-                        result.frontends.extend(ext.frontends);
-                        result.warnings.extend(ext.warnings);
-                    }
-                    let result = Arc::new(result);
-                    Memo { svc: svc.clone(), slices, node: node.clone(), result }
+                for item in seen.slices.diff(&snap.slices) {
+                    keys.insert(diff_key(item).clone());
                 }
-            };
-            warnings.extend(memo.result.warnings.iter().cloned());
-            for (fk, fe) in &memo.result.frontends {
-                if let Some(owner) = owners.get(fk) {
-                    warnings.push(format!(
-                        "Service {key}: frontend {fk} is already used by Service {owner}; skipped"
-                    ));
-                    continue;
+                for key in &keys {
+                    self.retranslate(key, snap, node, &mut touched);
                 }
-                owners.insert(*fk, key.clone());
-                state.frontends.insert(*fk, fe.clone());
+                Changed::Keys(touched)
             }
-            next_memo.insert(key.clone(), memo);
+            _ => {
+                *self = Self { external: self.external.take(), ..Self::default() };
+                let keys: Vec<ObjectKey> = snap.services.keys().cloned().collect();
+                for key in &keys {
+                    self.retranslate(key, snap, node, &mut touched);
+                }
+                Changed::All
+            }
+        };
+        self.seen = Some(Seen { services: snap.services.clone(), slices: snap.slices.clone(), node: node.clone() });
+        Computed { state: self.state.clone(), changed, warnings: self.warnings() }
+    }
+
+    /// Every current warning: the Services' own and the frontend conflicts.
+    fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.memo.values().flat_map(|t| t.warnings.iter().cloned()).collect();
+        for (fk, losers) in &self.losers {
+            let owner = self.owners.get(fk).map(ToString::to_string).unwrap_or_default();
+            for l in losers {
+                out.push(format!("Service {l}: frontend {fk} is already used by Service {owner}; skipped"));
+            }
         }
-        self.memo = next_memo;
-        (state, warnings)
+        out
+    }
+
+    /// Translates Service `key` again (or drops it when it is gone) and
+    /// patches the state, adding every frontend key it touched to `touched`.
+    fn retranslate(&mut self, key: &ObjectKey, snap: &Snapshot, node: &NodeInfo, touched: &mut BTreeSet<FrontendKey>) {
+        self.recomputed.push(key.clone());
+        let new = snap.services.get(key).map(|svc| {
+            let slices: Vec<&EndpointSlice> = snap.slices_of(key).map(|s| &**s).collect();
+            let mut result = service_frontends(key, svc, &slices, node);
+            if let Some(cfg) = &self.external {
+                let ext = crate::external::external_frontends(key, svc, &slices, node, cfg);
+                result.frontends.extend(ext.frontends);
+                result.warnings.extend(ext.warnings);
+            }
+            Arc::new(result)
+        });
+        let old = match &new {
+            Some(n) => self.memo.insert(key.clone(), n.clone()),
+            None => self.memo.remove(key),
+        };
+        let mut vacated = Vec::new();
+        for (fk, _) in old.iter().flat_map(|t| t.frontends.iter()) {
+            if self.owners.get(fk) == Some(key) {
+                self.owners.remove(fk);
+                self.state.frontends.remove(fk);
+                touched.insert(*fk);
+                vacated.push(*fk);
+            } else if let Some(l) = self.losers.get_mut(fk) {
+                l.remove(key);
+                if l.is_empty() {
+                    self.losers.remove(fk);
+                }
+            }
+        }
+        for (fk, fe) in new.iter().flat_map(|t| t.frontends.iter()) {
+            self.claim(*fk, key, fe, touched);
+        }
+        // A frontend this Service gave up goes to the first other claimant.
+        for fk in vacated {
+            if self.owners.contains_key(&fk) {
+                continue;
+            }
+            let Some(next) = self.losers.get_mut(&fk).and_then(|l| l.pop_first()) else { continue };
+            if self.losers.get(&fk).is_some_and(BTreeSet::is_empty) {
+                self.losers.remove(&fk);
+            }
+            if let Some(fe) = self.memo.get(&next).and_then(|t| t.frontends.iter().find(|(k, _)| *k == fk)) {
+                self.state.frontends.insert(fk, fe.1.clone());
+                self.owners.insert(fk, next);
+            }
+        }
+    }
+
+    fn claim(&mut self, fk: FrontendKey, key: &ObjectKey, fe: &Frontend, touched: &mut BTreeSet<FrontendKey>) {
+        match self.owners.get(&fk) {
+            Some(owner) if owner == key => {
+                // The same Service lists a frontend twice: the first wins.
+                return;
+            }
+            Some(owner) if owner < key => {
+                self.losers.entry(fk).or_default().insert(key.clone());
+                return;
+            }
+            Some(owner) => {
+                let demoted = owner.clone();
+                self.losers.entry(fk).or_default().insert(demoted);
+            }
+            None => {}
+        }
+        self.owners.insert(fk, key.clone());
+        self.state.frontends.insert(fk, fe.clone());
+        touched.insert(fk);
+    }
+}
+
+/// The key of one entry of an [`OrdMap::diff`].
+fn diff_key<'a, V>(item: sluice_k8s::snapshot::DiffItem<'a, 'a, ObjectKey, V>) -> &'a ObjectKey {
+    use sluice_k8s::snapshot::DiffItem;
+    match item {
+        DiffItem::Add(k, _) | DiffItem::Remove(k, _) => k,
+        DiffItem::Update { new: (k, _), .. } => k,
     }
 }
 

@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::model::{BackendAddr, DesiredState, Frontend, FrontendKey};
+use sluice_k8s::OrdMap;
+
+use crate::model::{BackendAddr, Changed, DesiredState, Frontend, FrontendKey};
 
 pub type BackendId = u32;
 pub type RevNatId = u32;
@@ -101,16 +103,31 @@ pub fn assign_slots(old: &[BackendId], new: &BTreeSet<BackendId>) -> Vec<Backend
     slots.into_iter().flatten().collect()
 }
 
+/// Scratch state of one plan.
+#[derive(Default)]
+struct Work {
+    diff: Diff,
+    new_ids: HashMap<BackendAddr, BackendId>,
+    new_id_set: HashSet<BackendId>,
+    new_revnats: HashSet<RevNatId>,
+    refs_delta: HashMap<BackendId, isize>,
+}
+
 /// Plans changes and tracks what has been applied.
 #[derive(Debug, Default)]
 pub struct Planner {
     programmed: Programmed,
     by_addr: HashMap<BackendAddr, BackendId>,
     refs: HashMap<BackendId, usize>,
-    /// The desired frontends last committed, to skip unchanged ones cheaply.
-    last: BTreeMap<FrontendKey, Frontend>,
+    /// The desired frontends last committed, to skip unchanged ones cheaply
+    /// in a full comparison (shares its structure with the translator's).
+    last: OrdMap<FrontendKey, Frontend>,
+    /// Revnat ids in use.
+    revnats: HashSet<RevNatId>,
     next_backend: BackendId,
     next_revnat: RevNatId,
+    /// The next plan compares everything (after adopting or a reset).
+    full_pending: bool,
 }
 
 impl Planner {
@@ -126,7 +143,17 @@ impl Planner {
         let next_backend = programmed.backends.keys().max().map_or(1, |m| m + 1);
         let next_revnat =
             programmed.frontends.values().map(|f| f.revnat_id).max().map_or(1, |m| m + 1);
-        Self { programmed, by_addr, refs, last: BTreeMap::new(), next_backend, next_revnat }
+        let revnats = programmed.frontends.values().map(|f| f.revnat_id).collect();
+        Self {
+            programmed,
+            by_addr,
+            refs,
+            last: OrdMap::new(),
+            revnats,
+            next_backend,
+            next_revnat,
+            full_pending: true,
+        }
     }
 
     pub fn programmed(&self) -> &Programmed {
@@ -148,71 +175,61 @@ impl Planner {
         loop {
             let id = self.next_revnat;
             self.next_revnat = self.next_revnat.checked_add(1).unwrap_or(1);
-            if !taken.contains(&id) {
+            if !taken.contains(&id) && !self.revnats.contains(&id) {
                 return id;
             }
         }
     }
 
-    /// The changes that take the dataplane from what it holds to `desired`.
+    /// The changes that take the dataplane from what it holds to `desired`,
+    /// comparing every frontend.
     pub fn plan(&mut self, desired: &DesiredState) -> Diff {
-        let mut diff = Diff::default();
-        let mut new_ids: HashMap<BackendAddr, BackendId> = HashMap::new();
-        let mut new_id_set: HashSet<BackendId> = HashSet::new();
-        let mut refs_delta: HashMap<BackendId, isize> = HashMap::new();
-        let mut revnats: HashSet<RevNatId> =
-            self.programmed.frontends.values().map(|f| f.revnat_id).collect();
-        for (key, fe) in &desired.frontends {
-            let old = self.programmed.frontends.get(key).cloned();
-            let old = old.as_ref();
-            if old.is_some() && self.last.get(key) == Some(fe) {
-                continue;
-            }
-            let mut ids = BTreeSet::new();
-            for addr in &fe.backends {
-                let id = match self.by_addr.get(addr).or_else(|| new_ids.get(addr)) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.alloc_backend(&new_id_set);
-                        new_ids.insert(*addr, id);
-                        new_id_set.insert(id);
-                        diff.backends_added.push((id, *addr));
-                        id
+        self.plan_changed(desired, &Changed::All)
+    }
+
+    /// The changes that take the dataplane from what it holds to `desired`,
+    /// looking only at the frontends `changed` names (the translator vouches
+    /// that the others are as last committed). The first plan after adopting
+    /// or a reset compares everything whatever `changed` says.
+    pub fn plan_changed(&mut self, desired: &DesiredState, changed: &Changed) -> Diff {
+        let mut work = Work::default();
+        match changed {
+            Changed::Keys(keys) if !self.full_pending => {
+                for key in keys {
+                    match desired.frontends.get(key) {
+                        Some(fe) => self.plan_one(key, fe, &mut work),
+                        None => self.plan_removal(key, &mut work),
                     }
-                };
-                ids.insert(id);
-            }
-            let old_slots = old.map_or(&[][..], |o| &o.slots[..]);
-            let slots = assign_slots(old_slots, &ids);
-            let revnat_id = match old {
-                Some(o) => o.revnat_id,
-                None => {
-                    let id = self.alloc_revnat(&revnats);
-                    revnats.insert(id);
-                    id
                 }
-            };
-            let new = ProgrammedFrontend { revnat_id, slots, affinity_timeout: fe.affinity_timeout };
-            if old == Some(&new) {
-                continue;
             }
-            for id in old_slots {
-                *refs_delta.entry(*id).or_default() -= 1;
-            }
-            for id in &new.slots {
-                *refs_delta.entry(*id).or_default() += 1;
-            }
-            diff.frontends_changed.push(FrontendChange { key: *key, old: old.cloned(), new });
-        }
-        for (key, old) in &self.programmed.frontends {
-            if !desired.frontends.contains_key(key) {
-                for id in &old.slots {
-                    *refs_delta.entry(*id).or_default() -= 1;
+            _ => {
+                for (key, fe) in &desired.frontends {
+                    if self.programmed.frontends.contains_key(key) && self.last.get(key) == Some(fe) {
+                        continue;
+                    }
+                    self.plan_one(key, fe, &mut work);
                 }
-                diff.frontends_removed.push((*key, old.clone()));
+                let gone: Vec<FrontendKey> = self
+                    .programmed
+                    .frontends
+                    .keys()
+                    .filter(|k| !desired.frontends.contains_key(*k))
+                    .copied()
+                    .collect();
+                for key in &gone {
+                    self.plan_removal(key, &mut work);
+                }
+                // Orphans (e.g. adopted backends no frontend uses) go too.
+                for id in self.programmed.backends.keys() {
+                    if self.refs.get(id).copied().unwrap_or(0) == 0 {
+                        work.refs_delta.entry(*id).or_default();
+                    }
+                }
+                self.full_pending = false;
             }
         }
-        for (id, delta) in refs_delta {
+        let mut diff = work.diff;
+        for (id, delta) in work.refs_delta {
             let now = self.refs.get(&id).copied().unwrap_or(0) as isize + delta;
             if now <= 0 {
                 if let Some(addr) = self.programmed.backends.get(&id) {
@@ -220,17 +237,57 @@ impl Planner {
                 }
             }
         }
-        // Orphans (e.g. adopted backends no frontend uses) go too.
-        for (id, addr) in &self.programmed.backends {
-            if self.refs.get(id).copied().unwrap_or(0) == 0
-                && !diff.backends_removed.iter().any(|(r, _)| r == id)
-                && !diff.frontends_changed.iter().any(|c| c.new.slots.contains(id))
-            {
-                diff.backends_removed.push((*id, *addr));
-            }
-        }
         diff.backends_removed.sort_unstable();
         diff
+    }
+
+    fn plan_one(&mut self, key: &FrontendKey, fe: &Frontend, work: &mut Work) {
+        let old = self.programmed.frontends.get(key).cloned();
+        let old = old.as_ref();
+        let mut ids = BTreeSet::new();
+        for addr in &fe.backends {
+            let id = match self.by_addr.get(addr).or_else(|| work.new_ids.get(addr)) {
+                Some(id) => *id,
+                None => {
+                    let id = self.alloc_backend(&work.new_id_set);
+                    work.new_ids.insert(*addr, id);
+                    work.new_id_set.insert(id);
+                    work.diff.backends_added.push((id, *addr));
+                    id
+                }
+            };
+            ids.insert(id);
+        }
+        let old_slots = old.map_or(&[][..], |o| &o.slots[..]);
+        let slots = assign_slots(old_slots, &ids);
+        let revnat_id = match old {
+            Some(o) => o.revnat_id,
+            None => {
+                let id = self.alloc_revnat(&work.new_revnats);
+                work.new_revnats.insert(id);
+                id
+            }
+        };
+        let new = ProgrammedFrontend { revnat_id, slots, affinity_timeout: fe.affinity_timeout };
+        if old == Some(&new) {
+            return;
+        }
+        for id in old_slots {
+            *work.refs_delta.entry(*id).or_default() -= 1;
+        }
+        for id in &new.slots {
+            *work.refs_delta.entry(*id).or_default() += 1;
+        }
+        work.diff.frontends_changed.push(FrontendChange { key: *key, old: old.cloned(), new });
+    }
+
+    fn plan_removal(&mut self, key: &FrontendKey, work: &mut Work) {
+        if let Some(old) = self.programmed.frontends.get(key) {
+            for id in &old.slots {
+                *work.refs_delta.entry(*id).or_default() -= 1;
+            }
+            work.diff.frontends_removed.push((*key, old.clone()));
+        }
     }
 
     /// Records that `diff` was applied and `desired` is now programmed.
@@ -250,6 +307,7 @@ impl Planner {
             for id in &c.new.slots {
                 *self.refs.entry(*id).or_default() += 1;
             }
+            self.revnats.insert(c.new.revnat_id);
             self.programmed.frontends.insert(c.key, c.new.clone());
         }
         for (key, old) in &diff.frontends_removed {
@@ -258,6 +316,7 @@ impl Planner {
                     *n = n.saturating_sub(1);
                 }
             }
+            self.revnats.remove(&old.revnat_id);
             self.programmed.frontends.remove(key);
         }
         for (id, addr) in &diff.backends_removed {
@@ -265,7 +324,7 @@ impl Planner {
             self.by_addr.remove(addr);
             self.refs.remove(id);
         }
-        // Taken, not cloned: this runs on every update.
+        // A persistent map: this shares the translator's structure.
         self.last = desired.frontends;
     }
 

@@ -86,13 +86,14 @@ impl<D: Dataplane> Reconciler<D> {
     pub fn reconcile(&mut self, snap: &Snapshot) -> Result<Stats, D::Error> {
         let start = Instant::now();
         let node = NodeInfo::from_snapshot(&self.node_name, snap);
-        let (desired, warnings) = self.translator.compute(snap, &node);
-        let current: HashSet<String> = warnings.into_iter().collect();
+        let computed = self.translator.compute(snap, &node);
+        let current: HashSet<String> = computed.warnings.into_iter().collect();
         for w in current.difference(&self.warned) {
             warn!("{w}");
         }
         self.warned = current;
-        let diff = self.planner.plan(&desired);
+        let desired = computed.state;
+        let diff = self.planner.plan_changed(&desired, &computed.changed);
         let mut stats = Stats {
             frontends: desired.frontends.len(),
             entry_writes: diff.entry_writes(),

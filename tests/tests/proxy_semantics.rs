@@ -152,8 +152,8 @@ fn session_affinity_client_ip_pins_each_client_netns_and_can_be_switched_off_and
     }
     let mut c = cluster();
     let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n";
-    // `keep` also uses be1, so be1 keeps its backend id while it is out of
-    // `web`: the affinity entries recorded below stay meaningful.
+    // `keep` also uses be1, so be1 stays an active backend (same id) while
+    // it is out of `web`: the affinity check below must not follow it.
     let keep = service_yaml("keep", &["198.19.0.11"], &[SvcPort { name: "http", port: 80, target: "8080", proto: "TCP" }]);
     c.api.apply_yaml_str(&format!(
         "{}---\n{}---\n{keep}---\n{}",
@@ -168,13 +168,20 @@ fn session_affinity_client_ip_pins_each_client_netns_and_can_be_switched_off_and
     only(&c.tcp(&c.client, VIP, 1), "be1", 1, "client with be1 as the only endpoint");
     c.api.apply_yaml_str(&slice("web", "web-1", "IPv4", &[e("198.18.2.10", "b")]));
     agent.wait_for(FRONTEND, &[BE2], SYNC);
-    // client2's (another network namespace) names be2.
+    only(
+        &c.tcp(&c.client, VIP, 5),
+        "be2",
+        5,
+        "client's affine backend left the Service (still active for `keep`): it must not be used",
+    );
+    // client2 (another network namespace) gets its own entry.
     only(&c.tcp(&c.client2, VIP, 1), "be2", 1, "client2 with be2 as the only endpoint");
 
+    // A backend added: both clients keep be2.
     c.api.apply_yaml_str(&slice("web", "web-1", "IPv4", &[e("198.18.1.10", "a"), e("198.18.2.10", "b")]));
     agent.wait_for(FRONTEND, &[BE1, BE2], SYNC);
-    only(&c.tcp(&c.client, VIP, 50), "be1", 50, "client keeps its affine backend among two");
-    only(&c.tcp(&c.client2, VIP, 50), "be2", 50, "client2 (another netns) keeps its own affine backend");
+    only(&c.tcp(&c.client, VIP, 50), "be2", 50, "client keeps its affine backend when another one is added");
+    only(&c.tcp(&c.client2, VIP, 50), "be2", 50, "client2 keeps its affine backend when another one is added");
 
     // Off: spread again. 200 connections, two backends: both get some (p of
     // failing by chance 2^-199).
@@ -190,12 +197,14 @@ fn session_affinity_client_ip_pins_each_client_netns_and_can_be_switched_off_and
     // On again: every connection of one client goes to one backend.
     c.api.apply_yaml_str(&web(affinity));
     wait_affinity(&agent, FRONTEND, Some(600));
-    let pinned = c.tcp(&c.client2, VIP, 50);
-    let (n1, n2) = (count(&pinned, "by_id", "be1"), count(&pinned, "by_id", "be2"));
-    assert!(
-        (n1, n2) == (50, 0) || (n1, n2) == (0, 50),
-        "with affinity switched back on, all 50 connections of one client go to one backend: {pinned}"
-    );
+    for pod in [&c.client, &c.client2] {
+        let pinned = c.tcp(pod, VIP, 50);
+        let (n1, n2) = (count(&pinned, "by_id", "be1"), count(&pinned, "by_id", "be2"));
+        assert!(
+            (n1, n2) == (50, 0) || (n1, n2) == (0, 50),
+            "with affinity switched back on, all 50 connections of one client go to one backend: {pinned}"
+        );
+    }
 }
 
 #[test]

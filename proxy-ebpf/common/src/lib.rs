@@ -167,7 +167,11 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The slot the backend was picked from: the entry counts only while
+    /// that slot of the Service still holds this backend, so a backend
+    /// removed from the Service (even if another Service still uses it)
+    /// loses its clients at once.
+    pub slot: u32,
     /// bpf_ktime_get_ns() of the last use.
     pub last_used_ns: u64,
 }

@@ -258,9 +258,120 @@ fn translator_reuses_unchanged_services_and_flags_frontend_conflicts() {
     builder.service(a).service(b);
     let snap = builder.build();
     let mut tr = Translator::new();
-    let (state, warnings) = tr.compute(&snap, &node());
-    assert_eq!(state.frontends.len(), 1);
-    assert!(warnings.iter().any(|w| w.contains("default/b") && w.contains("already used")), "{warnings:?}");
-    let (again, _) = tr.compute(&snap, &node());
-    assert_eq!(state, again);
+    let first = tr.compute(&snap, &node());
+    assert_eq!(first.changed, Changed::All);
+    assert_eq!(first.state.frontends.len(), 1);
+    let owner = &first.state.frontends.values().next().unwrap().service;
+    assert_eq!(owner.name, "a", "the first Service in key order owns a shared frontend");
+    assert!(first.warnings.iter().any(|w| w.contains("default/b") && w.contains("already used")), "{:?}", first.warnings);
+    let again = tr.compute(&snap, &node());
+    assert_eq!(first.state, again.state);
+    assert!(again.changed.is_empty(), "an unchanged snapshot changes nothing: {:?}", again.changed);
+    assert!(tr.recomputed().is_empty());
+}
+
+/// A small deterministic generator (xorshift), so the sequences below are
+/// the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const EPS: [&str; 6] = ["198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.2.1", "198.18.2.2", "198.18.2.3"];
+
+/// One random change to `builder`'s view: a Service (re)defined with one of
+/// a few VIPs (so Services collide), removed, or its slice rewritten/removed.
+fn random_step(rng: &mut Rng, services: &mut OrdMap<ObjectKey, Arc<Service>>, slices: &mut OrdMap<ObjectKey, sluice_k8s::SliceGroup>) {
+    let name = format!("s{}", rng.below(8));
+    let key = ObjectKey::new("default", name.clone());
+    match rng.below(5) {
+        0 | 1 => {
+            let vip = format!("198.19.0.{}", 10 + rng.below(4));
+            let port = if rng.below(2) == 0 { 80 } else { 443 };
+            let mut s = svc(&name, &vip, &[("http", port, "TCP")]);
+            if rng.below(3) == 0 {
+                s.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+            }
+            services.insert(key, Arc::new(s));
+        }
+        2 => {
+            services.remove(&key);
+        }
+        3 => {
+            let n = rng.below(4) as usize;
+            let eps: Vec<Ep> = (0..n).map(|_| ep(EPS[rng.below(EPS.len() as u64) as usize])).collect();
+            let sl = slice(&name, &format!("{name}-x"), "IPv4", &[("http", 8080, "TCP")], &eps);
+            slices.insert(key, [(format!("{name}-x"), Arc::new(sl))].into_iter().collect());
+        }
+        _ => {
+            slices.remove(&key);
+        }
+    }
+}
+
+#[test]
+fn incremental_translation_and_planning_equal_a_full_recompute_at_every_step() {
+    use crate::plan::Planner;
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut services = OrdMap::new();
+        let mut slices = OrdMap::new();
+        let mut tr = Translator::new();
+        let mut planner = Planner::adopt(Default::default());
+        for step in 0..60 {
+            random_step(&mut rng, &mut services, &mut slices);
+            let snap = Snapshot { services: services.clone(), slices: slices.clone(), synced: true, ..Default::default() };
+            let inc = tr.compute(&snap, &node());
+            let full = Translator::new().compute(&snap, &node());
+            assert_eq!(inc.state, full.state, "seed {seed} step {step}: desired state");
+            let mut a: Vec<_> = inc.warnings.clone();
+            let mut b: Vec<_> = full.warnings.clone();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "seed {seed} step {step}: warnings");
+            let diff = planner.plan_changed(&inc.state, &inc.changed);
+            planner.commit(&diff, inc.state.clone());
+            // What a fresh planner would program for the same state.
+            let mut fresh = Planner::adopt(planner.programmed().clone());
+            assert!(fresh.plan(&full.state).is_empty(), "seed {seed} step {step}: incremental plan missed a change");
+            for (k, f) in &planner.programmed().frontends {
+                let want = full.state.frontends.get(k).expect("programmed frontend is desired");
+                let got: BTreeSet<BackendAddr> =
+                    f.slots.iter().map(|id| planner.programmed().backends[id]).collect();
+                assert_eq!(got, want.backends, "seed {seed} step {step}: backends of {k}");
+            }
+            assert_eq!(planner.programmed().frontends.len(), full.state.frontends.len());
+        }
+    }
+}
+
+#[test]
+fn a_frontend_passes_to_the_next_claimant_when_its_owner_leaves() {
+    let a = Arc::new(svc("a", "198.19.0.10", &[("", 80, "TCP")]));
+    let b = Arc::new(svc("b", "198.19.0.10", &[("", 80, "TCP")]));
+    let mut tr = Translator::new();
+    // b first, then a arrives and takes the frontend (a < b).
+    let mut builder = SnapshotBuilder::new();
+    builder.service(b.clone());
+    let only_b = builder.build();
+    tr.compute(&only_b, &node());
+    let mut both = only_b.clone();
+    both.services.insert(ObjectKey::of(&a.metadata), a);
+    let c = tr.compute(&both, &node());
+    assert_eq!(c.state.frontends.values().next().unwrap().service.name, "a");
+    assert!(matches!(&c.changed, Changed::Keys(k) if k.len() == 1));
+    // a leaves: b gets it back.
+    let c = tr.compute(&only_b, &node());
+    assert_eq!(c.state.frontends.values().next().unwrap().service.name, "b");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }

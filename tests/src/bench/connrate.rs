@@ -98,7 +98,45 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
             rows.extend(rounds.rows("connrate", &name, if proto == "tcp" { "conn/s" } else { "req/s" }));
         }
     }
+    rows.extend(scaling_rows(&rows));
     Ok(rows)
+}
+
+/// Each variant's rate at the largest scale relative to its own at the
+/// smallest. The scales are measured minutes apart, and this machine's
+/// speed drifts more than that between them (the `direct` rate itself moves
+/// by tens of percent), so each rate is first divided by `direct` of the
+/// same rounds (its `x direct`), then the two are compared.
+fn scaling_rows(rows: &[Row]) -> Vec<Row> {
+    let (small, large) = (SCALES[0], SCALES[SCALES.len() - 1]);
+    let mut out = Vec::new();
+    for proto in ["TCP", "UDP"] {
+        let at = |scale: usize, variant: &str| {
+            let name = format!("{proto} rate, {scale} services");
+            rows.iter().find(|r| r.name == name && r.variant == variant).cloned()
+        };
+        for variant in ["sluice", "iptables", "nftables"] {
+            let (Some(a), Some(b)) = (at(small, variant), at(large, variant)) else { continue };
+            let (Some(ra), Some(rb)) = (a.ratio_to_direct, b.ratio_to_direct) else { continue };
+            if !(ra > 0.0) || !rb.is_finite() {
+                continue;
+            }
+            let raw = b.median() / a.median();
+            out.push(
+                Row::new(
+                    "connrate",
+                    &format!("{proto} rate at {large} vs {small} services"),
+                    variant,
+                    "x",
+                    vec![rb / ra],
+                )
+                .with_note(format!(
+                    "(x direct at {large}) / (x direct at {small}); raw ratio of medians {raw:.3}"
+                )),
+            );
+        }
+    }
+    out
 }
 
 /// One bounded rate run; transactions per second.

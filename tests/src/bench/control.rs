@@ -184,6 +184,12 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
             .with_note("agent's own time (logged micros)"),
     );
 
+    // The same through the API server, the path a cluster uses: the test
+    // API server (real list/watch protocol) runs in the ctl namespace and a
+    // fresh agent follows it with a kubeconfig.
+    drop(agent);
+    kube_variant(plan, progress, &mut lab, &node, &services, &changed, &mut rows)?;
+
     let dir = lab.scratch("change");
     let mut ipt_files = Vec::new();
     for k in 0..2 {
@@ -234,8 +240,89 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
             }
         }
     }
-    drop(agent);
     Ok(rows)
+}
+
+/// Cold start and single endpoint changes at 10,000 Services with the agent
+/// following the test API server: cold is from starting the agent (program
+/// load, list of every object, translation, map writes) to all Services
+/// programmed; a change is from the EndpointSlice update on the server to
+/// the map written (watch event, translation, diff, map writes).
+fn kube_variant(
+    plan: &Plan,
+    progress: &Progress,
+    lab: &mut Lab,
+    node: &crate::Node,
+    services: &[ServiceSpec],
+    changed: &dyn Fn(usize) -> ServiceSpec,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    use sluice_k8s::manifests::{parse_documents, Object};
+    let n = services.len();
+    let api = crate::in_netns(&node.netns, crate::apiserver::ApiServer::start)
+        .context("starting the test API server in the ctl namespace")?;
+    let kubeconfig = lab.scratch("kube").join("kubeconfig.yaml");
+    api.write_kubeconfig(&kubeconfig);
+    for (_, text) in workload::manifest_files(services) {
+        api.apply_yaml_str(&text);
+    }
+    let t0 = Instant::now();
+    let mut agent = lab.start_agent_kube(node, "ctl-kube", &kubeconfig)?;
+    let (seen, micros) = agent.wait_synced(n, LIMIT)?;
+    let cold = ms(seen - t0);
+    let rss = agent.rss_mib().unwrap_or(f64::NAN);
+    verify_status(&lab.proxy_bin, &agent.bpffs, n)?;
+    progress.say(format!(
+        "  sluice (API) cold start with {n} services: {cold:.0} ms (agent {:.0} ms), RSS {rss:.1} MiB",
+        micros as f64 / 1000.0
+    ));
+    let name = format!("cold start from the API, {n} services");
+    rows.push(
+        Row::new(GROUP, &name, "sluice", "ms", vec![cold])
+            .lower_is_better()
+            .with_note("agent start (program load), list, translation, map writes"),
+    );
+    rows.push(Row::new(GROUP, &format!("agent RSS from the API, {n} services"), "sluice", "MiB", vec![rss]).lower_is_better());
+
+    let (mut e2e, mut own) = (Vec::new(), Vec::new());
+    for k in 0..plan.change_runs * 2 {
+        let (objects, _) = parse_documents("bench", &workload::manifest(&changed(k)));
+        let slice = objects
+            .into_iter()
+            .find_map(|o| match o {
+                Object::EndpointSlice(s) => Some(s),
+                _ => None,
+            })
+            .context("the changed Service's slice")?;
+        agent.mark();
+        let t0 = Instant::now();
+        api.apply(&*slice);
+        let (seen, micros) = agent.wait_synced(n, Duration::from_secs(60))?;
+        e2e.push(ms(seen - t0));
+        own.push(micros as f64 / 1000.0);
+    }
+    let name = format!("endpoint change from the API, {n} services");
+    progress.say(format!(
+        "  sluice {name}: median {:.2} ms, agent {:.2} ms ({} changes)",
+        median(&e2e),
+        median(&own),
+        e2e.len()
+    ));
+    rows.push(
+        Row::new(GROUP, &name, "sluice", "ms", e2e)
+            .lower_is_better()
+            .with_p99()
+            .with_note("EndpointSlice updated on the API server -> map written"),
+    );
+    rows.push(
+        Row::new(GROUP, &name, "sluice-agent", "ms", own)
+            .lower_is_better()
+            .with_p99()
+            .with_note("agent's own time (logged micros)"),
+    );
+    drop(agent);
+    drop(api);
+    Ok(())
 }
 
 #[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]

@@ -299,11 +299,21 @@ impl Lab {
     /// Starts sluice-proxy on `node` following an empty manifest directory.
     pub fn start_agent(&mut self, node: &Node, name: &str) -> anyhow::Result<Agent> {
         let manifests = self.scratch(&format!("manifests-{name}"));
+        self.start_agent_with(node, name, "--manifests", &manifests)
+    }
+
+    /// Starts sluice-proxy on `node` following the API server of `kubeconfig`.
+    pub fn start_agent_kube(&mut self, node: &Node, name: &str, kubeconfig: &Path) -> anyhow::Result<Agent> {
+        self.start_agent_with(node, name, "--kubeconfig", kubeconfig)
+    }
+
+    fn start_agent_with(&mut self, node: &Node, name: &str, flag: &str, source: &Path) -> anyhow::Result<Agent> {
+        let manifests = source.to_path_buf();
         let bpffs = self.topo.bpffs().join(name);
         fs::create_dir_all(&bpffs).with_context(|| format!("mkdir {}", bpffs.display()))?;
         let mut cmd = Command::new(&self.proxy_bin);
         cmd.arg("run")
-            .arg("--manifests")
+            .arg(flag)
             .arg(&manifests)
             .arg("--node-name")
             .arg(&node.name)
