@@ -83,15 +83,7 @@ fn parse_value(
     } else {
         format!("{kind} {namespace}/{name}")
     };
-    let mut value = value;
-    if let Some(meta) = value.get_mut("metadata").and_then(serde_yaml::Value::as_mapping_mut) {
-        let annotations = meta
-            .entry("annotations".into())
-            .or_insert_with(|| serde_yaml::Value::Mapping(serde_yaml::Mapping::new()));
-        if let Some(a) = annotations.as_mapping_mut() {
-            a.insert(crate::semantics::SOURCE_ANNOTATION.into(), file.into());
-        }
-    }
+    let link = Some(format!("{}{file}", crate::semantics::SOURCE_LINK_PREFIX));
     let result = match (api_version.as_str(), kind.as_str()) {
         ("v1", "List") => {
             let items = value.get("items").and_then(serde_yaml::Value::as_sequence).cloned();
@@ -100,15 +92,22 @@ fn parse_value(
             }
             return;
         }
-        ("v1", "Service") => {
-            serde_yaml::from_value(value).map(|o: Service| Object::Service(Arc::new(o)))
-        }
-        ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value(value)
-            .map(|o: EndpointSlice| Object::EndpointSlice(Arc::new(o))),
-        ("v1", "Node") => serde_yaml::from_value(value).map(|o: Node| Object::Node(Arc::new(o))),
-        ("v1", "Namespace") => {
-            serde_yaml::from_value(value).map(|o: Namespace| Object::Namespace(Arc::new(o)))
-        }
+        ("v1", "Service") => serde_yaml::from_value(value).map(|mut o: Service| {
+            o.metadata.self_link = link;
+            Object::Service(Arc::new(o))
+        }),
+        ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value(value).map(|mut o: EndpointSlice| {
+            o.metadata.self_link = link;
+            Object::EndpointSlice(Arc::new(o))
+        }),
+        ("v1", "Node") => serde_yaml::from_value(value).map(|mut o: Node| {
+            o.metadata.self_link = link;
+            Object::Node(Arc::new(o))
+        }),
+        ("v1", "Namespace") => serde_yaml::from_value(value).map(|mut o: Namespace| {
+            o.metadata.self_link = link;
+            Object::Namespace(Arc::new(o))
+        }),
         _ => {
             warnings.push(format!(
                 "{file}: {at}: skipped {what}: unsupported kind {kind:?} of apiVersion {api_version:?}"
@@ -162,6 +161,9 @@ enum Identity {
     Namespace(String),
 }
 
+/// Every file defining one object, in path order (usually one; the last wins).
+type ByFile = Vec<(Arc<Path>, Object)>;
+
 struct FileEntry {
     /// Size, modification time and inode when last read: a rescan reads only
     /// files whose metadata changed.
@@ -192,7 +194,7 @@ pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileEntry>,
     /// Every definition of each object, by file; the last file's is in `snap`.
-    defs: BTreeMap<Identity, BTreeMap<PathBuf, Object>>,
+    defs: BTreeMap<Identity, ByFile>,
     snap: Snapshot,
 }
 
@@ -286,21 +288,25 @@ impl ManifestDir {
         let old = old.map(|e| e.objects).unwrap_or_default();
         let new = self.files.get(&path).map_or(&[][..], |e| &e.objects[..]);
         let touched: BTreeSet<Identity> = old.iter().chain(new).map(Object::identity).collect();
-        let winner = |defs: &BTreeMap<Identity, BTreeMap<PathBuf, Object>>, id: &Identity| {
-            defs.get(id).and_then(|by_file| by_file.values().next_back()).cloned()
+        let winner = |defs: &BTreeMap<Identity, ByFile>, id: &Identity| {
+            defs.get(id).and_then(|by_file| by_file.last()).map(|(_, o)| o.clone())
         };
         let before: Vec<Option<Object>> = touched.iter().map(|id| winner(&self.defs, id)).collect();
         for obj in &old {
             let id = obj.identity();
             if let Some(by_file) = self.defs.get_mut(&id) {
-                by_file.remove(&path);
+                by_file.retain(|(p, _)| p.as_ref() != path.as_path());
                 if by_file.is_empty() {
                     self.defs.remove(&id);
                 }
             }
         }
+        let shared: Arc<Path> = Arc::from(path.as_path());
         for obj in new {
-            self.defs.entry(obj.identity()).or_default().insert(path.clone(), obj.clone());
+            let by_file = self.defs.entry(obj.identity()).or_default();
+            by_file.retain(|(p, _)| p.as_ref() != path.as_path());
+            let at = by_file.partition_point(|(p, _)| p.as_ref() < path.as_path());
+            by_file.insert(at, (shared.clone(), obj.clone()));
         }
         for (id, before) in touched.iter().zip(before) {
             let after = winner(&self.defs, id);
@@ -310,7 +316,7 @@ impl ManifestDir {
                 }
             }
             if let Some(files) = self.defs.get(id).filter(|f| f.len() > 1) {
-                let files: Vec<_> = files.keys().map(|p| p.display().to_string()).collect();
+                let files: Vec<_> = files.iter().map(|(p, _)| p.display().to_string()).collect();
                 warn!(object = ?id, ?files, "defined in several files; the last one wins");
             }
             if let Some(before) = before {

@@ -14,15 +14,17 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Services carrying this label are not proxied at all.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
-/// Set by the manifests source on every object it reads: the file it came
-/// from, so warnings about an object can name its file.
-pub const SOURCE_ANNOTATION: &str = "sluice.dev/source-file";
+/// The manifests source sets `metadata.selfLink` (deprecated and no longer
+/// served by the API, so free) of every object it reads to this prefix and
+/// the file it came from, so warnings about an object can name its file. A
+/// plain string field, where an annotation would cost a map per object.
+pub const SOURCE_LINK_PREFIX: &str = "file://";
 
 /// "Service default/web" plus " (file /x/web.yaml)" when the object came from a manifest.
 pub fn describe(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
     let ns = meta.namespace.as_deref().unwrap_or("default");
     let name = meta.name.as_deref().unwrap_or("");
-    match meta.annotations.as_ref().and_then(|a| a.get(SOURCE_ANNOTATION)) {
+    match meta.self_link.as_deref().and_then(|l| l.strip_prefix(SOURCE_LINK_PREFIX)) {
         Some(file) => format!("{kind} {ns}/{name} (file {file})"),
         None => format!("{kind} {ns}/{name}"),
     }

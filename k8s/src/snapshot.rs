@@ -39,8 +39,70 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// The EndpointSlices of one Service, by slice name.
-pub type SliceGroup = OrdMap<String, Arc<EndpointSlice>>;
+/// The EndpointSlices of one Service, in slice-name order.
+///
+/// A Service has one or a few slices, so this is a sorted vector of shared
+/// slices (one small allocation) rather than a map (a node per Service).
+/// Two groups are equal when they hold the same allocations: sources keep an
+/// unchanged slice's `Arc`, so a changed slice is a new one.
+#[derive(Clone, Debug, Default)]
+pub struct SliceGroup(Vec<Arc<EndpointSlice>>);
+
+impl SliceGroup {
+    pub fn iter(&self) -> std::slice::Iter<'_, Arc<EndpointSlice>> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The slices' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| slice_name(s))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds `slice`, replacing the one of the same name.
+    pub fn insert(&mut self, slice: Arc<EndpointSlice>) {
+        match self.0.binary_search_by(|s| slice_name(s).cmp(slice_name(&slice))) {
+            Ok(i) => self.0[i] = slice,
+            Err(i) => self.0.insert(i, slice),
+        }
+    }
+
+    /// Removes the slice named `name`.
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.0.binary_search_by(|s| slice_name(s).cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+}
+
+impl PartialEq for SliceGroup {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for SliceGroup {}
+
+impl FromIterator<Arc<EndpointSlice>> for SliceGroup {
+    fn from_iter<I: IntoIterator<Item = Arc<EndpointSlice>>>(iter: I) -> Self {
+        let mut g = Self::default();
+        for s in iter {
+            g.insert(s);
+        }
+        g
+    }
+}
+
+fn slice_name(s: &EndpointSlice) -> &str {
+    s.metadata.name.as_deref().unwrap_or_default()
+}
 
 /// Everything a component knows about the cluster at one moment.
 ///
@@ -71,7 +133,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The EndpointSlices of one Service.
     pub fn slices_of(&self, service: &ObjectKey) -> impl Iterator<Item = &Arc<EndpointSlice>> {
-        self.slices.get(service).into_iter().flat_map(|group| group.values())
+        self.slices.get(service).into_iter().flat_map(SliceGroup::iter)
     }
 }
 
@@ -81,8 +143,7 @@ pub(crate) fn group_slice(groups: &mut OrdMap<ObjectKey, SliceGroup>, slice: Arc
     let Some(service) = service_of(&slice) else {
         return;
     };
-    let name = slice.metadata.name.clone().unwrap_or_default();
-    groups.entry(service).or_default().insert(name, slice);
+    groups.entry(service).or_default().insert(slice);
 }
 
 /// Takes `slice` (as [`group_slice`] filed it) out of its Service's group,
@@ -92,7 +153,7 @@ pub(crate) fn ungroup_slice(groups: &mut OrdMap<ObjectKey, SliceGroup>, slice: &
         return;
     };
     if let Some(group) = groups.get_mut(&service) {
-        group.remove(slice.metadata.name.as_deref().unwrap_or_default());
+        group.remove(slice_name(slice));
         if group.is_empty() {
             groups.remove(&service);
         }

@@ -156,7 +156,7 @@ fn describe(snap: &Snapshot) -> String {
         snap.slices
             .iter()
             .take(10)
-            .map(|(k, v)| format!("{k}: {:?}", v.keys().collect::<Vec<_>>()))
+            .map(|(k, v)| format!("{k}: {:?}", v.names().collect::<Vec<_>>()))
             .collect::<Vec<_>>(),
         snap.nodes.keys().collect::<Vec<_>>(),
         snap.namespaces.keys().collect::<Vec<_>>(),

@@ -311,7 +311,7 @@ fn random_step(rng: &mut Rng, services: &mut OrdMap<ObjectKey, Arc<Service>>, sl
             let n = rng.below(4) as usize;
             let eps: Vec<Ep> = (0..n).map(|_| ep(EPS[rng.below(EPS.len() as u64) as usize])).collect();
             let sl = slice(&name, &format!("{name}-x"), "IPv4", &[("http", 8080, "TCP")], &eps);
-            slices.insert(key, [(format!("{name}-x"), Arc::new(sl))].into_iter().collect());
+            slices.insert(key, [Arc::new(sl)].into_iter().collect());
         }
         _ => {
             slices.remove(&key);
