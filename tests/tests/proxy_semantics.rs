@@ -92,13 +92,14 @@ struct E<'a> {
     node: &'a str,
     cond: (bool, bool, bool),
     zone_hint: Option<&'a str>,
+    node_hint: Option<&'a str>,
 }
 
 const READY: (bool, bool, bool) = (true, true, false);
 const TERMINATING: (bool, bool, bool) = (false, true, true);
 
 fn e<'a>(ip: &'a str, node: &'a str) -> E<'a> {
-    E { ip, node, cond: READY, zone_hint: None }
+    E { ip, node, cond: READY, zone_hint: None, node_hint: None }
 }
 
 /// An EndpointSlice of `service` with port "http" 8080/TCP.
@@ -116,8 +117,17 @@ fn slice(service: &str, name: &str, family: &str, eps: &[E<'_>]) -> String {
             "- addresses: [\"{}\"]\n  nodeName: {}\n  conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}",
             ep.ip, ep.node
         );
-        if let Some(z) = ep.zone_hint {
-            let _ = writeln!(y, "  hints: {{forZones: [{{name: {z}}}]}}");
+        match (ep.zone_hint, ep.node_hint) {
+            (Some(z), None) => {
+                let _ = writeln!(y, "  hints: {{forZones: [{{name: {z}}}]}}");
+            }
+            (Some(z), Some(n)) => {
+                let _ = writeln!(y, "  hints: {{forZones: [{{name: {z}}}], forNodes: [{{name: {n}}}]}}");
+            }
+            (None, Some(n)) => {
+                let _ = writeln!(y, "  hints: {{forNodes: [{{name: {n}}}]}}");
+            }
+            (None, None) => {}
         }
     }
     y
@@ -239,7 +249,7 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints_and_refuses_with
 }
 
 #[test]
-fn topology_hints_keep_traffic_in_the_nodes_zone_unless_an_endpoint_has_no_hint() {
+fn topology_hints_keep_traffic_in_the_nodes_zone_or_on_the_node_unless_an_endpoint_has_no_hint() {
     if !require_root() {
         return;
     }
@@ -273,6 +283,25 @@ fn topology_hints_keep_traffic_in_the_nodes_zone_unless_an_endpoint_has_no_hint(
         count(&all, "by_id", "be1") > 0 && count(&all, "by_id", "be2") > 0,
         "with one endpoint lacking hints both backends must be used: {all}"
     );
+
+    // PreferSameNode: the endpoint hinted for this node wins over the zone
+    // (node a is in z2 now, be1 is hinted for z1 but also for node a).
+    let by_node = [
+        E { zone_hint: Some("z1"), node_hint: Some("a"), ..e("198.18.1.10", "a") },
+        E { zone_hint: Some("z2"), node_hint: Some("b"), ..e("198.18.2.10", "b") },
+    ];
+    c.api.apply_yaml_str(&format!(
+        "{}---\n{}",
+        web("  trafficDistribution: PreferSameNode\n"),
+        slice("web", "web-1", "IPv4", &by_node)
+    ));
+    agent.wait_for(FRONTEND, &[BE1], SYNC);
+    only(&c.tcp(&c.client, VIP, 100), "be1", 100, "PreferSameNode: be1 is hinted for node a");
+    // No endpoint hinted for node a: fall back to the zone hints (z2: be2).
+    let elsewhere = [E { node_hint: Some("c"), ..by_node[0] }, by_node[1]];
+    c.api.apply_yaml_str(&slice("web", "web-1", "IPv4", &elsewhere));
+    agent.wait_for(FRONTEND, &[BE2], SYNC);
+    only(&c.tcp(&c.client, VIP, 100), "be2", 100, "PreferSameNode without a node match falls back to the zone");
 }
 
 #[test]
