@@ -9,9 +9,12 @@
 //! local source address would count as martian). Egress: replies of local
 //! backends, routed by the kernel, are translated back to the frontend.
 //!
-//! A frontend without backends answers a TCP packet with a RST built in
-//! place; other protocols go up the stack, where a closed port (kept closed
-//! by `slc_bind4`) answers with ICMP port unreachable.
+//! A frontend without backends answers a TCP packet with a RST and a UDP
+//! datagram with ICMP port unreachable, both built in place and sent back
+//! out of the interface the packet came in on; so does a LoadBalancer IP or
+//! ExternalIP (not a node address) for a port or protocol it does not serve.
+//! A node address leaves unknown ports to the stack (where `slc_bind4`
+//! keeps NodePorts closed to host sockets).
 
 use core::mem::size_of;
 
@@ -48,6 +51,8 @@ static SLC_SRCR4: LpmTrie<SourceRangeKey4, u32> = LpmTrie::pinned(16_384, 0);
 static SLC_NPBIND: HashMap<NodePortBindKey, u32> = HashMap::pinned(16_384, 0);
 #[map]
 static SLC_EXTCFG: Array<ExternalConfig> = Array::pinned(1, 0);
+#[map]
+static SLC_EXTIP4: HashMap<u32, u32> = HashMap::pinned(16_384, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -59,6 +64,7 @@ const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 const AF_INET: u8 = 2;
+const PROTO_ICMP: u8 = 1;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 /// The parts of an IPv4 TCP/UDP packet the NAT needs (network byte order).
@@ -312,6 +318,58 @@ fn snat_port(rkey: &mut CtKey4, p: &Packet) -> Option<u16> {
     None
 }
 
+/// Refuses a packet no backend will take: RST for TCP, ICMP port
+/// unreachable for UDP.
+#[inline(always)]
+fn reject(ctx: &TcContext, p: &Packet) -> i32 {
+    if p.proto == PROTO_TCP {
+        reset(ctx, p)
+    } else {
+        port_unreachable(ctx, p)
+    }
+}
+
+/// Answers a UDP datagram with ICMP port unreachable from the address it
+/// was sent to (carrying its IP header and first 8 bytes, as RFC 792 asks),
+/// built in place and sent back out of the interface it came in on.
+#[inline(always)]
+fn port_unreachable(ctx: &TcContext, p: &Packet) -> i32 {
+    const ICMP_LEN: usize = 8 + 28;
+    const LEN: usize = ETH_HLEN + 20 + ICMP_LEN;
+    if p.proto != PROTO_UDP || p.l4_off != ETH_HLEN + 20 {
+        return TC_ACT_SHOT as i32;
+    }
+    let Some(macs) = ptr_at::<[u8; 12]>(ctx, 0).map(|m| unsafe { *m }) else { return TC_ACT_SHOT as i32 };
+    let Some(orig) = ptr_at::<[u8; 28]>(ctx, ETH_HLEN).map(|o| unsafe { *o }) else { return TC_ACT_SHOT as i32 };
+    let mut out = [0u8; LEN];
+    out[0..6].copy_from_slice(&macs[6..12]);
+    out[6..12].copy_from_slice(&macs[0..6]);
+    out[12] = 0x08;
+    out[13] = 0x00;
+    let ip = [0x45u8, 0xc0, 0, (20 + ICMP_LEN) as u8, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0];
+    out[14..26].copy_from_slice(&ip);
+    out[26..30].copy_from_slice(&p.daddr.to_ne_bytes());
+    out[30..34].copy_from_slice(&p.saddr.to_ne_bytes());
+    // type 3 (destination unreachable), code 3 (port unreachable)
+    out[34] = 3;
+    out[35] = 3;
+    out[42..70].copy_from_slice(&orig);
+    let ip_sum = fold(sum16(&out, 14, 20));
+    out[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    let icmp_sum = fold(sum16(&out, 34, ICMP_LEN));
+    out[36..38].copy_from_slice(&icmp_sum.to_be_bytes());
+    // SAFETY: plain helper call on our own skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0 {
+        return TC_ACT_SHOT as i32;
+    }
+    if ctx.store(0, &out, 0).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    // SAFETY: the skb context is valid; ifindex is a plain read.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
 /// Answers a TCP segment with a RST from the frontend, in place, and sends
 /// it back out of the interface it came in on.
 #[inline(always)]
@@ -369,7 +427,7 @@ fn reset(ctx: &TcContext, p: &Packet) -> i32 {
 }
 
 #[inline(always)]
-fn sum16(buf: &[u8; 54], start: usize, len: usize) -> u32 {
+fn sum16<const N: usize>(buf: &[u8; N], start: usize, len: usize) -> u32 {
     let mut s = 0u32;
     let mut i = 0;
     while i < len {
@@ -426,7 +484,13 @@ fn ingress(ctx: &TcContext) -> i32 {
     // 2. A packet to an external frontend.
     let key = ServiceKey4 { addr: p.daddr, port: p.dport, proto: p.proto, scope: SCOPE_EXTERNAL, slot: 0, _pad: 0 };
     // SAFETY: copied out at once.
-    let Some(fe) = (unsafe { SLC_SVC4.get(&key) }).copied() else { return TC_ACT_OK as i32 };
+    let Some(fe) = (unsafe { SLC_SVC4.get(&key) }).copied() else {
+        // SAFETY: presence check only.
+        if unsafe { SLC_EXTIP4.get(&p.daddr) }.is_some() {
+            return reject(ctx, &p);
+        }
+        return TC_ACT_OK as i32;
+    };
     let src = Key::new(64, SourceRangeKey4 { revnat_id: fe.revnat_id, addr: p.saddr });
     if SLC_SRCR4.get(&src).is_some_and(|v| *v == SOURCE_RANGE_DENY) {
         return TC_ACT_SHOT as i32;
@@ -453,10 +517,10 @@ fn ingress(ctx: &TcContext) -> i32 {
 
     // 4. A new flow.
     if fe.count == 0 {
-        return if p.proto == PROTO_TCP { reset(ctx, &p) } else { TC_ACT_OK as i32 };
+        return reject(ctx, &p);
     }
     let Some((backend_id, be)) = select_backend(&cfg, &key, &fe, &p) else {
-        return if p.proto == PROTO_TCP { reset(ctx, &p) } else { TC_ACT_OK as i32 };
+        return reject(ctx, &p);
     };
     let mut fib = fib_params(p.saddr, be.addr, ifindex, &p);
     // SAFETY: fib is valid for the call.

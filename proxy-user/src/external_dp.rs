@@ -141,6 +141,7 @@ pub struct ExternalMaps {
     maglev: HashMap<MapData, MaglevKey, u32>,
     ranges: LpmTrie<MapData, SourceRangeKey4, u32>,
     bind: HashMap<MapData, NodePortBindKey, u32>,
+    external_ips: HashMap<MapData, u32, u32>,
     config: Array<MapData, CfgValue>,
     cfg: ExternalConfig,
     tables: BTreeMap<FrontendKey, WrittenTable>,
@@ -160,6 +161,7 @@ impl ExternalMaps {
             maglev: HashMap::try_from(Map::HashMap(hash(names::MAGLEV4)?)).map_err(|source| Error::Map { name: names::MAGLEV4, source })?,
             ranges: LpmTrie::try_from(Map::LpmTrie(hash(names::SOURCE_RANGES4)?)).map_err(|source| Error::Map { name: names::SOURCE_RANGES4, source })?,
             bind: HashMap::try_from(Map::HashMap(hash(names::NODEPORT_BIND)?)).map_err(|source| Error::Map { name: names::NODEPORT_BIND, source })?,
+            external_ips: HashMap::try_from(Map::HashMap(hash(names::EXTERNAL_IPS4)?)).map_err(|source| Error::Map { name: names::EXTERNAL_IPS4, source })?,
             config: Array::try_from(Map::Array(hash(names::CONFIG)?)).map_err(|source| Error::Map { name: names::CONFIG, source })?,
             cfg: cfg.clone(),
             tables: BTreeMap::new(),
@@ -300,6 +302,24 @@ impl ExternalMaps {
             if !have.contains(k) {
                 self.bind.insert(k, 1, 0).map_err(|source| Error::Map { name: names::NODEPORT_BIND, source })?;
             }
+        }
+
+        // LoadBalancer IPs and ExternalIPs that are not node addresses: the
+        // tc program rejects what none of their frontends serves.
+        let want: BTreeSet<u32> = extras
+            .frontends
+            .keys()
+            .filter_map(|fk| match fk.addr {
+                IpAddr::V4(a) if !self.cfg.node_ips.contains(&a) => Some(v4(a)),
+                _ => None,
+            })
+            .collect();
+        let have: BTreeSet<u32> = self.external_ips.keys().flatten().collect();
+        for a in have.difference(&want) {
+            ignore_missing(self.external_ips.remove(a)).map_err(|source| Error::Map { name: names::EXTERNAL_IPS4, source })?;
+        }
+        for a in want.difference(&have) {
+            self.external_ips.insert(a, 1, 0).map_err(|source| Error::Map { name: names::EXTERNAL_IPS4, source })?;
         }
         Ok(())
     }

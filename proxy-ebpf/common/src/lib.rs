@@ -192,7 +192,12 @@ pub mod external {
     pub const NODEPORT_BIND: &str = "SLC_NPBIND";
     /// One [`super::ExternalConfig`] at index 0.
     pub const CONFIG: &str = "SLC_EXTCFG";
-    pub const MAPS: [&str; 5] = [CONNTRACK4, MAGLEV4, SOURCE_RANGES4, NODEPORT_BIND, CONFIG];
+    /// LoadBalancer IPs and ExternalIPs that are not node addresses:
+    /// address -> 1. A packet to one of them matching no frontend (another
+    /// port, or UDP to a TCP-only port) is rejected rather than left to a
+    /// stack that would drop or forward it.
+    pub const EXTERNAL_IPS4: &str = "SLC_EXTIP4";
+    pub const MAPS: [&str; 6] = [CONNTRACK4, MAGLEV4, SOURCE_RANGES4, NODEPORT_BIND, CONFIG, EXTERNAL_IPS4];
 
     pub const PROG_TC_INGRESS: &str = "slc_tc_ingress";
     pub const PROG_TC_EGRESS: &str = "slc_tc_egress";
