@@ -18,7 +18,7 @@ use tests::{
 /// Manifests the demo ships with (proxy-user/deploy/examples).
 const EXAMPLE: &str = include_str!("../../../proxy-user/deploy/examples/demo.yaml");
 
-const PAIRS: usize = 3;
+const PAIRS: usize = 5;
 const SECONDS: u32 = 3;
 
 fn main() -> ExitCode {
