@@ -549,8 +549,8 @@ mod tests {
         );
         assert!(
             Arc::ptr_eq(
-                &before.slices_of(&key("a")).next().expect("a-1"),
-                &after.slices_of(&key("a")).next().expect("a-1")
+                before.slices_of(&key("a")).next().expect("a-1"),
+                after.slices_of(&key("a")).next().expect("a-1")
             ),
             "unchanged slice keeps its Arc"
         );
