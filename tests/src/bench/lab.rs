@@ -8,6 +8,14 @@
 //! - `iptables`: kube-proxy's iptables-mode ruleset loaded in the node netns;
 //! - `nftables`: kube-proxy's nftables-mode ruleset loaded in the node netns.
 //!
+//! [`Lab::new_external`] adds an outside client (203.0.113.10) on the same
+//! underlay for NodePort measurements: there sluice-proxy runs on both nodes
+//! with `--external-interfaces eth0` (the tc path serves NodePorts), the
+//! netfilter rulesets carry the NodePort rules on both nodes, and the
+//! outside client routes the `direct` cluster's node-b pod /24 via node b.
+//! Nodes forward (`Topology::add_node` turns `ip_forward` on in each node
+//! netns), which the netfilter variants' DNAT back out of `eth0` needs.
+//!
 //! Keeping the variants in separate node namespaces (instead of loading and
 //! unloading rules in one) also means that netfilter's conntrack and nat hooks,
 //! once registered by a ruleset, never tax the sluice and direct runs.
@@ -23,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 
 use super::workload::{self, ServiceSpec};
-use crate::{Node, Pod, Proc, Topology};
+use crate::{Node, Outside, Pod, Proc, Topology};
 
 pub const CLUSTER_CIDR: &str = "198.18.0.0/16";
 pub const IPERF_PORT: u16 = 5201;
@@ -41,6 +49,12 @@ pub const IPTABLES_RESTORE: &str = "iptables-legacy-restore";
 pub const VIP_RATE: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
 pub const VIP_PERF_SAME: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 2);
 pub const VIP_PERF_CROSS: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 3);
+/// ClusterIP of the NodePort Service in front of the node-b iperf3 pod.
+pub const VIP_PERF_NODEPORT: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 4);
+/// Its NodePort, on every node address.
+pub const PERF_NODE_PORT: u16 = 30520;
+/// The outside client of [`Lab::new_external`].
+pub const OUTSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -79,12 +93,16 @@ pub struct Cluster {
     pub variant: Variant,
     pub a: Node,
     pub b: Node,
+    /// Node b's pod /24.
+    pub pod_cidr_b: String,
     pub client: Pod,
     pub perf_same: Option<Pod>,
     pub perf_cross: Option<Pod>,
     pub rate_pods: Vec<Pod>,
     /// sluice only: the agent, its manifest dir and bpffs dir.
     pub agent: Option<Agent>,
+    /// sluice in [`Lab::new_external`] only: the agent on node b.
+    pub agent_b: Option<Agent>,
     servers: Vec<Proc>,
     /// iptables only: whether the builtin-chain jumps are installed per node netns.
     base_loaded: Vec<String>,
@@ -97,11 +115,15 @@ pub struct Agent {
     pub bpffs: PathBuf,
     /// Length of stderr already consumed by `wait_synced`.
     mark: usize,
+    /// Node addresses it serves NodePorts on (0 without an external datapath).
+    node_ips: usize,
 }
 
 pub struct Lab {
     pub topo: Topology,
     pub clusters: Vec<Cluster>,
+    /// [`Lab::new_external`] only: the client outside the cluster.
+    pub outside: Option<Outside>,
     pub proxy_bin: PathBuf,
     pub probe_bin: PathBuf,
     scratch_n: usize,
@@ -157,6 +179,16 @@ fn pinned(cpu: u32, program: &Path, args: &[&str]) -> Command {
 impl Lab {
     /// Builds one cluster per variant in `variants` with what `needs` asks for.
     pub fn new(variants: &[Variant], needs: Needs, proxy_bin: PathBuf, probe_bin: PathBuf) -> anyhow::Result<Lab> {
+        Lab::build(variants, needs, false, proxy_bin, probe_bin)
+    }
+
+    /// [`Lab::new`] plus an outside client and an external datapath on both
+    /// nodes of every cluster (see the module documentation).
+    pub fn new_external(variants: &[Variant], needs: Needs, proxy_bin: PathBuf, probe_bin: PathBuf) -> anyhow::Result<Lab> {
+        Lab::build(variants, needs, true, proxy_bin, probe_bin)
+    }
+
+    fn build(variants: &[Variant], needs: Needs, external: bool, proxy_bin: PathBuf, probe_bin: PathBuf) -> anyhow::Result<Lab> {
         let mut topo = Topology::new();
         let mut clusters = Vec::new();
         for (c, &variant) in variants.iter().enumerate() {
@@ -185,10 +217,8 @@ impl Lab {
             } else {
                 Vec::new()
             };
-            topo.route_pod_cidrs(&[
-                (&a, &format!("198.18.{net_a}.0/24"), None),
-                (&b, &format!("198.18.{net_b}.0/24"), None),
-            ]);
+            let pod_cidr_b = format!("198.18.{net_b}.0/24");
+            topo.route_pod_cidrs(&[(&a, &format!("198.18.{net_a}.0/24"), None), (&b, &pod_cidr_b, None)]);
             // Connection-rate runs open many short connections: let the client
             // reuse TIME_WAIT ports and use the whole port range.
             crate::sysctls(
@@ -203,18 +233,32 @@ impl Lab {
                 variant,
                 a,
                 b,
+                pod_cidr_b,
                 client,
                 perf_same,
                 perf_cross,
                 rate_pods,
                 agent: None,
+                agent_b: None,
                 servers: Vec::new(),
                 base_loaded: Vec::new(),
             });
         }
+        let outside = if external {
+            let o = topo.add_outside("out", OUTSIDE_CLIENT);
+            // The direct path: node b of the direct cluster routes its pod /24.
+            if let Some(c) = clusters.iter().find(|c| c.variant == Variant::Direct) {
+                crate::ip_in(&o.netns, &["route", "add", &c.pod_cidr_b, "via", &c.b.underlay.to_string()])
+                    .map_err(anyhow::Error::msg)?;
+            }
+            Some(o)
+        } else {
+            None
+        };
         let mut lab = Lab {
             topo,
             clusters,
+            outside,
             proxy_bin,
             probe_bin,
             scratch_n: 0,
@@ -222,9 +266,16 @@ impl Lab {
         lab.start_servers(needs)?;
         if variants.contains(&Variant::Sluice) {
             let i = lab.index(Variant::Sluice).expect("just built");
-            let node = lab.clusters[i].a.clone();
-            let agent = lab.start_agent(&node, "sluice")?;
-            lab.clusters[i].agent = Some(agent);
+            let (a, b) = (lab.clusters[i].a.clone(), lab.clusters[i].b.clone());
+            if external {
+                let agent = lab.start_agent_external(&a, "sluice")?;
+                lab.clusters[i].agent = Some(agent);
+                let agent_b = lab.start_agent_external(&b, "sluice-b")?;
+                lab.clusters[i].agent_b = Some(agent_b);
+            } else {
+                let agent = lab.start_agent(&a, "sluice")?;
+                lab.clusters[i].agent = Some(agent);
+            }
         }
         Ok(lab)
     }
@@ -299,15 +350,22 @@ impl Lab {
     /// Starts sluice-proxy on `node` following an empty manifest directory.
     pub fn start_agent(&mut self, node: &Node, name: &str) -> anyhow::Result<Agent> {
         let manifests = self.scratch(&format!("manifests-{name}"));
-        self.start_agent_with(node, name, "--manifests", &manifests)
+        self.start_agent_with(node, name, "--manifests", &manifests, false)
+    }
+
+    /// [`Lab::start_agent`] that also serves NodePorts at tc on the node's
+    /// `eth0` (its one underlay address).
+    pub fn start_agent_external(&mut self, node: &Node, name: &str) -> anyhow::Result<Agent> {
+        let manifests = self.scratch(&format!("manifests-{name}"));
+        self.start_agent_with(node, name, "--manifests", &manifests, true)
     }
 
     /// Starts sluice-proxy on `node` following the API server of `kubeconfig`.
     pub fn start_agent_kube(&mut self, node: &Node, name: &str, kubeconfig: &Path) -> anyhow::Result<Agent> {
-        self.start_agent_with(node, name, "--kubeconfig", kubeconfig)
+        self.start_agent_with(node, name, "--kubeconfig", kubeconfig, false)
     }
 
-    fn start_agent_with(&mut self, node: &Node, name: &str, flag: &str, source: &Path) -> anyhow::Result<Agent> {
+    fn start_agent_with(&mut self, node: &Node, name: &str, flag: &str, source: &Path, external: bool) -> anyhow::Result<Agent> {
         let manifests = source.to_path_buf();
         let bpffs = self.topo.bpffs().join(name);
         fs::create_dir_all(&bpffs).with_context(|| format!("mkdir {}", bpffs.display()))?;
@@ -324,6 +382,9 @@ impl Lab {
             // No periodic full resync in the middle of a measurement.
             .args(["--resync-secs", "86400"])
             .env("RUST_LOG", "info");
+        if external {
+            cmd.args(["--external-interfaces", "eth0"]);
+        }
         let proc = self.topo.spawn_in_node(node, cmd);
         ensure!(
             proc.wait_for_stderr("sluice-proxy running", Duration::from_secs(30)),
@@ -337,6 +398,7 @@ impl Lab {
             manifests,
             bpffs,
             mark,
+            node_ips: usize::from(external),
         })
     }
 
@@ -347,10 +409,15 @@ impl Lab {
         match v {
             Variant::Direct => {}
             Variant::Sluice => {
-                let agent = self.clusters[i].agent.as_mut().context("no agent")?;
-                agent.replace_services(services)?;
-                let frontends = services.iter().map(ServiceSpec::frontends).sum();
-                agent.wait_synced(frontends, limit)?;
+                let c = &mut self.clusters[i];
+                ensure!(c.agent.is_some(), "no agent");
+                for agent in [c.agent.as_mut(), c.agent_b.as_mut()].into_iter().flatten() {
+                    agent.replace_services(services)?;
+                }
+                for agent in [c.agent.as_mut(), c.agent_b.as_mut()].into_iter().flatten() {
+                    let frontends = services.iter().map(|s| s.frontends_on(agent.node_ips)).sum();
+                    agent.wait_synced(frontends, limit)?;
+                }
             }
             Variant::Iptables => {
                 let text = workload::iptables_ruleset(services, CLUSTER_CIDR);
@@ -412,6 +479,23 @@ impl Lab {
     pub fn run_client(&self, v: Variant, program: &Path, args: &[&str], timeout: Duration) -> Output {
         let c = self.cluster(v);
         self.topo.run_in_pod(&c.client, pinned(0, program, args), timeout)
+    }
+
+    /// Runs a command in the outside client ([`Lab::new_external`]) pinned to CPU 0.
+    pub fn run_outside(&self, program: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+        let o = self.outside.as_ref().context("no outside client: build the lab with Lab::new_external")?;
+        Ok(self.topo.run_in_outside(o, pinned(0, program, args), timeout))
+    }
+
+    /// Where the outside client sends to reach cluster `v`'s node-b iperf3
+    /// pod: node a's address and the NodePort, or for `direct` the pod
+    /// itself (routed via node b).
+    pub fn nodeport_target(&self, v: Variant) -> anyhow::Result<(Ipv4Addr, u16)> {
+        let c = self.cluster(v);
+        Ok(match v {
+            Variant::Direct => (c.perf_cross.as_ref().context("perf pod")?.ip, IPERF_PORT),
+            _ => (c.a.underlay, PERF_NODE_PORT),
+        })
     }
 }
 
@@ -546,6 +630,12 @@ pub fn perf_services(c: &Cluster) -> Vec<ServiceSpec> {
     v
 }
 
+/// The NodePort Service in front of the node-b iperf3 pod, when there is one.
+pub fn nodeport_service(c: &Cluster) -> Option<ServiceSpec> {
+    let p = c.perf_cross.as_ref()?;
+    Some(ServiceSpec::tcp("perf-nodeport", VIP_PERF_NODEPORT, IPERF_PORT, IPERF_PORT, vec![p.ip]).with_node_port(PERF_NODE_PORT))
+}
+
 pub fn rate_service(c: &Cluster) -> ServiceSpec {
     ServiceSpec {
         name: "rate".into(),
@@ -556,12 +646,14 @@ pub fn rate_service(c: &Cluster) -> ServiceSpec {
                 proto: workload::Proto::Tcp,
                 port: 80,
                 target: RATE_TCP_PORT,
+                node_port: None,
             },
             workload::PortSpec {
                 name: "udp".into(),
                 proto: workload::Proto::Udp,
                 port: 81,
                 target: RATE_UDP_PORT,
+                node_port: None,
             },
         ],
         endpoints: c.rate_pods.iter().map(|p| p.ip).collect(),

@@ -2,7 +2,8 @@
 //! datapaths on the same namespace topology (see [`lab`]). Run through
 //! `cargo xtask bench`, which builds the release binaries first.
 //!
-//! Groups: `throughput` (iperf3 through a ClusterIP), `connrate` (new TCP
+//! Groups: `throughput` (iperf3 from a pod through a ClusterIP, and from an
+//! outside client through a NodePort to a pod on another node), `connrate` (new TCP
 //! connections and UDP request/responses per second at 10, 1,000 and 10,000
 //! Services), `control` (programming time and agent memory), and the hooks
 //! `cni` and `dns` (report "skipped" until those components are wired).

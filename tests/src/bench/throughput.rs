@@ -1,31 +1,59 @@
-//! iperf3 TCP throughput, client pod -> ClusterIP (one endpoint), same node
-//! and across nodes (host-gw static routes), 1 and 4 streams; `direct` uses
-//! the pod IP. Client on CPU 0, server on CPU 1; the variants run in rounds
-//! of back-to-back runs (rotated order), ratios are medians of per-round
-//! ratios, and a second `direct` run per round (`direct-aa`) gives the noise floor.
+//! iperf3 TCP throughput, 1 and 4 streams:
+//!
+//! - client pod -> ClusterIP (one endpoint), same node and across nodes
+//!   (host-gw static routes); `direct` uses the pod IP;
+//! - outside client (203.0.113.10) -> node a's address:NodePort -> the pod on
+//!   node b (kube-proxy's cross-node case: DNAT plus SNAT on node a, so the
+//!   reply comes back through it); `direct` sends to the pod IP routed via
+//!   node b. sluice serves the NodePort at tc on node a's `eth0`; iptables and
+//!   nftables with kube-proxy's NodePort rules (KUBE-NODEPORTS / the
+//!   `service-nodeports` map, marked for masquerade).
+//!
+//! Client on CPU 0, server on CPU 1; the variants run in rounds of
+//! back-to-back runs (rotated order), ratios are medians of per-round ratios,
+//! and a second `direct` run per round (`direct-aa`) gives the noise floor.
+//! The two measurements use two labs built one after the other, so the
+//! ClusterIP figures are taken without the external datapath attached.
 
 use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::lab::{perf_services, Lab, Needs, Variant, IPERF_PORT, VIP_PERF_CROSS, VIP_PERF_SAME};
+use super::lab::{nodeport_service, perf_services, Lab, Needs, Variant, IPERF_PORT, VIP_PERF_CROSS, VIP_PERF_SAME};
 use super::stats::{Rounds, Row};
 use super::{Args, Plan, Progress};
 
 const AA: &str = "direct-aa";
+const ORDER: [&str; 5] = ["direct", "sluice", "iptables", "nftables", AA];
+const NEEDS: Needs = Needs {
+    perf: true,
+    rate: false,
+};
 
 pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
+    let mut rows = cluster_ip(plan, progress, proxy, probe, args)?;
+    rows.extend(node_port(plan, progress, proxy, probe, args)?);
+    Ok(rows)
+}
+
+fn variant(name: &str) -> Variant {
+    match name {
+        "sluice" => Variant::Sluice,
+        "iptables" => Variant::Iptables,
+        "nftables" => Variant::Nftables,
+        _ => Variant::Direct,
+    }
+}
+
+fn streams_name(streams: u32) -> String {
+    format!("{streams} stream{}", if streams > 1 { "s" } else { "" })
+}
+
+fn cluster_ip(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
     progress.say("building 4 two-node clusters (direct, sluice, iptables, nftables)");
-    let mut lab = Lab::new(
-        &Variant::ALL,
-        Needs {
-            perf: true,
-            rate: false,
-        },
-        proxy.to_path_buf(),
-        probe.to_path_buf(),
-    )?;
+    let mut lab = Lab::new(&Variant::ALL, NEEDS, proxy.to_path_buf(), probe.to_path_buf())?;
     super::note_topology(args, lab.topo.id());
     for v in Variant::ALL {
         let services = perf_services(lab.cluster(v));
@@ -34,83 +62,158 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
     progress.say("services programmed; iperf3 servers ready");
 
     let mut rows = Vec::new();
-    let order: Vec<&str> = vec!["direct", "sluice", "iptables", "nftables", AA];
     for (placement, vip) in [("same-node", VIP_PERF_SAME), ("cross-node", VIP_PERF_CROSS)] {
         for streams in [1u32, 4] {
-            let name = format!("iperf3 {placement} {streams} stream{}", if streams > 1 { "s" } else { "" });
-            let mut rounds = Rounds::new(&order);
-            for r in 0..plan.rounds {
-                let mut values = vec![f64::NAN; order.len()];
-                for k in 0..order.len() {
-                    // Rotate the order each round so no variant always runs first.
-                    let idx = (k + r) % order.len();
-                    let variant = order[idx];
-                    let v = match variant {
-                        "sluice" => Variant::Sluice,
-                        "iptables" => Variant::Iptables,
-                        "nftables" => Variant::Nftables,
-                        _ => Variant::Direct,
-                    };
-                    let target = if v == Variant::Direct {
-                        let c = lab.cluster(Variant::Direct);
-                        let pod = if placement == "same-node" { &c.perf_same } else { &c.perf_cross };
-                        pod.as_ref().context("perf pod")?.ip
-                    } else {
-                        vip
-                    };
-                    values[idx] = match iperf(&lab, v, &target.to_string(), streams, plan.iperf_secs) {
-                        Ok(g) => g,
-                        Err(e) => {
-                            progress.say(format!("  {name} {variant}: {e:#}"));
-                            f64::NAN
-                        }
-                    };
-                }
-                progress.say(format!(
-                    "  {name} round {}/{}: {}",
-                    r + 1,
-                    plan.rounds,
-                    order
-                        .iter()
-                        .zip(&values)
-                        .map(|(v, x)| format!("{v} {x:.2}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                rounds.values.push(values);
-            }
+            let name = format!("iperf3 {placement} {}", streams_name(streams));
+            let rounds = measure(plan, progress, &name, |v| {
+                let target = if v == Variant::Direct {
+                    let c = lab.cluster(Variant::Direct);
+                    let pod = if placement == "same-node" { &c.perf_same } else { &c.perf_cross };
+                    pod.as_ref().context("perf pod")?.ip
+                } else {
+                    vip
+                };
+                let host = target.to_string();
+                let spec = Iperf::new(&host, IPERF_PORT, streams, plan.iperf_secs);
+                spec.run(|a, t| Ok(lab.run_client(v, Path::new("iperf3"), a, t)))
+            });
             rows.extend(rounds.rows("throughput", &name, "Gbit/s"));
         }
     }
     Ok(rows)
 }
 
-/// One iperf3 run from the client pod; Gbit/s received.
-fn iperf(lab: &Lab, v: Variant, target: &str, streams: u32, secs: u64) -> anyhow::Result<f64> {
-    let out = lab.run_client(
-        v,
-        Path::new("iperf3"),
-        &[
-            "-c",
-            target,
-            "-p",
-            &IPERF_PORT.to_string(),
-            "-t",
-            &secs.min(10).to_string(),
-            "-P",
-            &streams.to_string(),
-            "-J",
-        ],
-        Duration::from_secs(secs.min(10) + 20),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("iperf3 output is not JSON ({}): {text:.300}", out.status))?;
-    if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
-        anyhow::bail!("iperf3: {err}");
+fn node_port(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
+    progress.say("building 4 two-node clusters and an outside client (NodePort; sluice with --external-interfaces eth0)");
+    let mut lab = Lab::new_external(&Variant::ALL, NEEDS, proxy.to_path_buf(), probe.to_path_buf())?;
+    super::note_topology(args, lab.topo.id());
+    for v in Variant::ALL {
+        let mut services = perf_services(lab.cluster(v));
+        services.extend(nodeport_service(lab.cluster(v)));
+        lab.program(v, &services, true)?;
     }
-    let bps = json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
-    Ok(bps / 1e9)
+    // One short transfer per path: ARP, neighbour and conntrack warm-up, and
+    // an early, clear failure if a path does not work at all.
+    for v in Variant::ALL {
+        let (ip, port) = lab.nodeport_target(v)?;
+        let host = ip.to_string();
+        let warm = Iperf {
+            bytes: Some("10M"),
+            ..Iperf::new(&host, port, 1, 1)
+        };
+        if let Err(e) = warm.run(|a, t| lab.run_outside(Path::new("iperf3"), a, t)) {
+            progress.say(format!("  warm-up of {} ({ip}:{port}) failed: {e:#}", v.name()));
+        }
+    }
+    progress.say("NodePort services programmed; paths warmed up");
+
+    let mut rows = Vec::new();
+    for streams in [1u32, 4] {
+        let name = format!("iperf3 outside->NodePort cross-node {}", streams_name(streams));
+        let rounds = measure(plan, progress, &name, |v| {
+            let (ip, port) = lab.nodeport_target(v)?;
+            let host = ip.to_string();
+            let spec = Iperf::new(&host, port, streams, plan.iperf_secs);
+            spec.run(|a, t| lab.run_outside(Path::new("iperf3"), a, t))
+        });
+        rows.extend(rounds.rows("throughput", &name, "Gbit/s"));
+    }
+    Ok(rows)
+}
+
+/// `plan.rounds` rounds of one run per entry of [`ORDER`], rotated so no
+/// variant always runs first; a failed run is logged and counts as NaN.
+fn measure(plan: &Plan, progress: &Progress, name: &str, mut run: impl FnMut(Variant) -> anyhow::Result<f64>) -> Rounds {
+    let mut rounds = Rounds::new(&ORDER);
+    for r in 0..plan.rounds {
+        let mut values = vec![f64::NAN; ORDER.len()];
+        for k in 0..ORDER.len() {
+            let idx = (k + r) % ORDER.len();
+            values[idx] = run(variant(ORDER[idx])).unwrap_or_else(|e| {
+                progress.say(format!("  {name} {}: {e:#}", ORDER[idx]));
+                f64::NAN
+            });
+        }
+        progress.say(format!(
+            "  {name} round {}/{}: {}",
+            r + 1,
+            plan.rounds,
+            ORDER
+                .iter()
+                .zip(&values)
+                .map(|(v, x)| format!("{v} {x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        rounds.values.push(values);
+    }
+    rounds
+}
+
+/// One iperf3 client run.
+struct Iperf<'a> {
+    host: &'a str,
+    port: u16,
+    streams: u32,
+    secs: u64,
+    /// `-n` instead of `-t`.
+    bytes: Option<&'a str>,
+}
+
+impl<'a> Iperf<'a> {
+    fn new(host: &'a str, port: u16, streams: u32, secs: u64) -> Self {
+        Iperf {
+            host,
+            port,
+            streams,
+            secs: secs.clamp(1, 10),
+            bytes: None,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let (limit, amount) = match self.bytes {
+            Some(n) => ("-n", n.to_string()),
+            None => ("-t", self.secs.to_string()),
+        };
+        [
+            "-c",
+            self.host,
+            "-p",
+            &self.port.to_string(),
+            "-P",
+            &self.streams.to_string(),
+            limit,
+            &amount,
+            "-J",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    /// Runs it with `runner(args, time limit)`; Gbit/s received.
+    fn run(&self, runner: impl FnOnce(&[&str], Duration) -> anyhow::Result<Output>) -> anyhow::Result<f64> {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.gbps(&runner(&args, self.timeout())?)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.secs + 20)
+    }
+
+    /// Gbit/s received, from iperf3's JSON output.
+    fn gbps(&self, out: &Output) -> anyhow::Result<f64> {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("iperf3 output is not JSON ({}): {text:.300}", out.status))?;
+        if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
+            anyhow::bail!("iperf3 to {}:{}: {err}", self.host, self.port);
+        }
+        let bps = json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
+        Ok(bps / 1e9)
+    }
 }

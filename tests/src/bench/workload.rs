@@ -1,8 +1,9 @@
 //! The Services a benchmark programs, and the same Services rendered three
 //! ways: Kubernetes manifests for sluice-proxy's standalone mode, the ruleset
 //! kube-proxy's iptables mode writes with `iptables-restore`, and the ruleset
-//! kube-proxy's nftables mode writes with `nft -f`. Pure text generation, so
-//! it is unit tested without the kernel.
+//! kube-proxy's nftables mode writes with `nft -f`, ClusterIPs and NodePorts
+//! (`externalTrafficPolicy: Cluster`). Pure text generation, so it is unit
+//! tested without the kernel.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -39,9 +40,12 @@ pub struct PortSpec {
     pub proto: Proto,
     pub port: u16,
     pub target: u16,
+    /// Makes the Service `type: NodePort` with this port on every node address.
+    pub node_port: Option<u16>,
 }
 
-/// One ClusterIP Service with its ready endpoints (one EndpointSlice).
+/// One ClusterIP (or NodePort, when a port has `node_port`) Service with its
+/// ready endpoints (one EndpointSlice).
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
     pub name: String,
@@ -60,14 +64,40 @@ impl ServiceSpec {
                 proto: Proto::Tcp,
                 port,
                 target,
+                node_port: None,
             }],
             endpoints,
         }
     }
 
-    /// Number of frontends sluice-proxy programs for it (one per port).
+    /// The same Service as `type: NodePort`: its ports get the NodePorts
+    /// `node_port`, `node_port + 1`, ... in order.
+    #[must_use]
+    pub fn with_node_port(mut self, node_port: u16) -> Self {
+        for (k, p) in self.ports.iter_mut().enumerate() {
+            p.node_port = Some(node_port + u16::try_from(k).expect("few ports"));
+        }
+        self
+    }
+
+    pub fn is_node_port(&self) -> bool {
+        self.ports.iter().any(|p| p.node_port.is_some())
+    }
+
+    /// Number of frontends sluice-proxy programs for it without an external
+    /// datapath (one per port).
     pub fn frontends(&self) -> usize {
-        self.ports.len()
+        self.frontends_on(0)
+    }
+
+    /// Number of frontends sluice-proxy programs for it when it serves
+    /// external traffic on `node_ips` node addresses: one per port, plus an
+    /// external-scope and a cluster-scope frontend per NodePort and address.
+    pub fn frontends_on(&self, node_ips: usize) -> usize {
+        self.ports
+            .iter()
+            .map(|p| 1 + if p.node_port.is_some() { 2 * node_ips } else { 0 })
+            .sum()
     }
 }
 
@@ -116,8 +146,9 @@ pub fn manifest(svc: &ServiceSpec) -> String {
     let mut s = String::with_capacity(512);
     let _ = write!(
         s,
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: {NAMESPACE}}}\nspec: {{clusterIP: {vip}, ports: [",
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: {NAMESPACE}}}\nspec: {{{ty}clusterIP: {vip}, ports: [",
         n = svc.name,
+        ty = if svc.is_node_port() { "type: NodePort, " } else { "" },
         vip = svc.vip
     );
     for (k, p) in svc.ports.iter().enumerate() {
@@ -126,12 +157,16 @@ pub fn manifest(svc: &ServiceSpec) -> String {
         }
         let _ = write!(
             s,
-            "{{name: {}, protocol: {}, port: {}, targetPort: {}}}",
+            "{{name: {}, protocol: {}, port: {}, targetPort: {}",
             p.name,
             p.proto.upper(),
             p.port,
             p.target
         );
+        if let Some(np) = p.node_port {
+            let _ = write!(s, ", nodePort: {np}");
+        }
+        s.push('}');
     }
     let _ = write!(
         s,
@@ -263,12 +298,16 @@ pub fn iptables_empty() -> String {
 /// What kube-proxy's iptables proxier writes with `iptables-restore --noflush`
 /// on a full sync: every KUBE-* chain of the filter and nat tables, the
 /// per-Service KUBE-SVC chain choosing an endpoint with `statistic --mode
-/// random` and one KUBE-SEP chain per endpoint doing the DNAT.
+/// random` and one KUBE-SEP chain per endpoint doing the DNAT. A NodePort
+/// (`externalTrafficPolicy: Cluster`) adds a KUBE-NODEPORTS rule jumping to
+/// the port's KUBE-EXT chain, which marks the packet for masquerade (so the
+/// backend's reply comes back through this node) and continues in KUBE-SVC.
 pub fn iptables_ruleset(services: &[ServiceSpec], cluster_cidr: &str) -> String {
     let endpoints: usize = services.iter().map(|s| s.endpoints.len() * s.ports.len()).sum();
     let mut chains = String::with_capacity(64 * endpoints + 4096);
     let mut rules = String::with_capacity(400 * endpoints + 4096);
     let mut kube_services = String::with_capacity(200 * services.len());
+    let mut kube_nodeports = String::new();
 
     chains.push_str(
         "*filter
@@ -299,8 +338,22 @@ COMMIT
         for p in &svc.ports {
             let spn = svc_port_name(svc, p);
             let proto = p.proto.lower();
-            let svc_chain = format!("KUBE-SVC-{}", chain_hash(&[&spn, proto]));
+            let hash = chain_hash(&[&spn, proto]);
+            let svc_chain = format!("KUBE-SVC-{hash}");
             let _ = writeln!(chains, ":{svc_chain} - [0:0]");
+            if let Some(np) = p.node_port {
+                let ext_chain = format!("KUBE-EXT-{hash}");
+                let _ = writeln!(chains, ":{ext_chain} - [0:0]");
+                let _ = writeln!(
+                    kube_nodeports,
+                    "-A KUBE-NODEPORTS -m comment --comment {spn} -m {proto} -p {proto} --dport {np} -j {ext_chain}"
+                );
+                let _ = writeln!(
+                    rules,
+                    "-A {ext_chain} -m comment --comment \"masquerade traffic for {spn} external destinations\" -j KUBE-MARK-MASQ\n\
+                     -A {ext_chain} -j {svc_chain}"
+                );
+            }
             let _ = writeln!(
                 kube_services,
                 "-A KUBE-SERVICES -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} -d {}/32 --dport {} -j {svc_chain}",
@@ -345,6 +398,7 @@ COMMIT
     );
     let mut out = chains;
     out.push_str(&kube_services);
+    out.push_str(&kube_nodeports);
     out.push_str(&rules);
     out.push_str("COMMIT\n");
     out
@@ -358,6 +412,12 @@ fn nft_service_chain(svc: &ServiceSpec, p: &PortSpec) -> String {
     let proto = p.proto.lower();
     let h = chain_hash(&[&svc_port_name(svc, p), proto]);
     format!("service-{}-{NAMESPACE}/{}/{proto}/{}", &h[..8], svc.name, p.name)
+}
+
+fn nft_external_chain(svc: &ServiceSpec, p: &PortSpec) -> String {
+    let proto = p.proto.lower();
+    let h = chain_hash(&[&svc_port_name(svc, p), proto]);
+    format!("external-{}-{NAMESPACE}/{}/{proto}/{}", &h[..8], svc.name, p.name)
 }
 
 fn nft_endpoint_chain(svc: &ServiceSpec, p: &PortSpec, ep: Ipv4Addr) -> String {
@@ -382,7 +442,11 @@ pub fn nft_empty() -> String {
 /// sync: table `ip kube-proxy`, base chains, the `service-ips` verdict map
 /// keyed by (VIP, protocol, port), one service chain per Service port choosing
 /// an endpoint with `numgen random mod N vmap`, one endpoint chain per
-/// endpoint doing the DNAT.
+/// endpoint doing the DNAT. A NodePort (`externalTrafficPolicy: Cluster`) is
+/// an element of the `service-nodeports` verdict map (protocol, port) going
+/// to the port's external chain, which jumps to `mark-for-masquerade` (the
+/// `masquerading` chain in nat-postrouting then SNATs it, so the reply comes
+/// back through this node) and continues in the service chain.
 pub fn nft_ruleset(services: &[ServiceSpec], cluster_cidr: &str) -> String {
     let endpoints: usize = services.iter().map(|s| s.endpoints.len() * s.ports.len()).sum();
     let mut out = String::with_capacity(350 * endpoints + 4096);
@@ -437,6 +501,18 @@ add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto 
                 p.port,
                 nft_service_chain(svc, p)
             );
+            if let Some(np) = p.node_port {
+                let ext = nft_external_chain(svc, p);
+                let _ = write!(
+                    out,
+                    "add chain {t} {ext}\n\
+                     add rule {t} {ext} jump mark-for-masquerade\n\
+                     add rule {t} {ext} goto {}\n\
+                     add element {t} service-nodeports {{ {} . {np} : goto {ext} }}\n",
+                    nft_service_chain(svc, p),
+                    p.proto.lower()
+                );
+            }
         }
     }
     out
@@ -565,6 +641,63 @@ mod tests {
         assert!(!r.contains("dnat to 198.18.1.10:8080"), "unchanged endpoint chain should not be rewritten: {r}");
         assert!(r.contains("numgen random mod 2"), "{r}");
         assert!(r.contains("delete chain ip kube-proxy endpoint-") && r.contains("198.18.1.11/8080"), "{r}");
+    }
+
+    fn web_node_port() -> ServiceSpec {
+        web().with_node_port(30520)
+    }
+
+    #[test]
+    fn iptables_node_port_goes_through_ext_chain_marked_for_masquerade() {
+        let r = iptables_ruleset(&[web_node_port()], "198.18.0.0/16");
+        let hash = chain_hash(&["bench/web:tcp", "tcp"]);
+        let (ext, svc) = (format!("KUBE-EXT-{hash}"), format!("KUBE-SVC-{hash}"));
+        let nat = &r[r.find("*nat").expect("nat table")..];
+        for line in [
+            format!(":{ext} - [0:0]"),
+            format!("-A KUBE-NODEPORTS -m comment --comment bench/web:tcp -m tcp -p tcp --dport 30520 -j {ext}"),
+            format!("-A {ext} -m comment --comment \"masquerade traffic for bench/web:tcp external destinations\" -j KUBE-MARK-MASQ"),
+            format!("-A {ext} -j {svc}"),
+            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".to_string(),
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".to_string(),
+        ] {
+            assert!(nat.lines().any(|l| l == line), "nat table should have `{line}`:\n{r}");
+        }
+        // The mark comes before the jump to the service chain, which DNATs.
+        let mark = nat.find(&format!("-A {ext} -m comment")).expect("mark rule");
+        let jump = nat.find(&format!("-A {ext} -j {svc}")).expect("jump rule");
+        assert!(mark < jump, "KUBE-EXT should mark before it jumps:\n{r}");
+        assert!(r.contains("-j DNAT --to-destination 198.18.1.10:8080"), "{r}");
+        assert!(!iptables_ruleset(&[web()], "198.18.0.0/16").contains("KUBE-EXT-"), "a ClusterIP Service has no KUBE-EXT chain");
+    }
+
+    #[test]
+    fn nft_node_port_is_a_service_nodeports_element_to_an_external_chain() {
+        let r = nft_ruleset(&[web_node_port()], "198.18.0.0/16");
+        let h = &chain_hash(&["bench/web:tcp", "tcp"])[..8];
+        let (ext, svc) = (format!("external-{h}-bench/web/tcp/tcp"), format!("service-{h}-bench/web/tcp/tcp"));
+        for line in [
+            format!("add chain ip kube-proxy {ext}"),
+            format!("add rule ip kube-proxy {ext} jump mark-for-masquerade"),
+            format!("add rule ip kube-proxy {ext} goto {svc}"),
+            format!("add element ip kube-proxy service-nodeports {{ tcp . 30520 : goto {ext} }}"),
+            "add rule ip kube-proxy nat-postrouting jump masquerading".to_string(),
+            "add rule ip kube-proxy masquerading masquerade fully-random".to_string(),
+        ] {
+            assert!(r.lines().any(|l| l == line), "ruleset should have `{line}`:\n{r}");
+        }
+        assert!(r.contains("meta l4proto tcp dnat to 198.18.1.11:8080"), "{r}");
+        assert!(!nft_ruleset(&[web()], "198.18.0.0/16").contains("external-"), "a ClusterIP Service has no external chain");
+    }
+
+    #[test]
+    fn node_port_manifest_and_frontend_count() {
+        let m = manifest(&web_node_port());
+        assert!(m.contains("spec: {type: NodePort, clusterIP: 198.19.200.1, ports: [{name: tcp, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30520}]}"), "{m}");
+        assert!(manifest(&web()).contains("spec: {clusterIP: 198.19.200.1, ports: [{name: tcp, protocol: TCP, port: 80, targetPort: 8080}]}"));
+        assert_eq!(web_node_port().frontends(), 1);
+        assert_eq!(web_node_port().frontends_on(1), 3, "ClusterIP + external and cluster scope at the one node address");
+        assert_eq!(web().frontends_on(1), 1);
     }
 
     #[test]
