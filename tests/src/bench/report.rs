@@ -179,14 +179,19 @@ fn markdown(rows: &[Row], timings: &[(String, Duration)], plan: &Plan, tools: &[
          ruleset loaded with `nft -f`). No variant ever sees another's rules or programs.\n\
          - Clients run on CPU 0 (`taskset -c 0`), servers on CPU 1.\n\
          - Throughput: iperf3 from a pod on node a to a ClusterIP whose one endpoint is on node a \
-         (same node) or node b (cross node).\n\
+         (same node) or node b (cross node); and from an outside client (203.0.113.10) to node a's \
+         address and a NodePort whose endpoint is on node b (sluice at tc on the nodes' eth0, \
+         kube-proxy's NodePort rules with masquerade for the netfilter variants; `direct` is the \
+         client routed to the pod IP via node b).\n\
          - Connection rate: `sluice-probe rate` (TCP: connect, one request/response, close; UDP: one \
          request/response on a fresh socket) to a Service with 10 real endpoint pods, while 10, \
          1,000 or 10,000 Services of 10 endpoints each are programmed (the measured Service sits in \
          the middle of kube-proxy's KUBE-SERVICES chain, its expected position). Conntrack is \
          flushed before each run.\n\
-         - Control plane: see the notes per row; sluice's end-to-end figure includes the standalone \
-         manifest source (inotify, 10 ms debounce, a rescan of the directory, YAML parsing).\n",
+         - Control plane: see the notes per row; sluice's end-to-end figure from files includes the \
+         standalone manifest source (inotify, 2 ms debounce, a stat of every file, YAML parsing of \
+         the changed file of 100 Services); the figure from the API is the kube-rs watch path against \
+         the test API server.\n",
     );
     let _ = writeln!(md, "\n## Time taken\n");
     for (g, t) in timings {
@@ -269,7 +274,7 @@ fn plots(out: &Path, rows: &[Row]) -> Result<Vec<String>, Box<dyn Error>> {
     if !tput.is_empty() {
         let cats = names(&tput);
         let series = series(&tput, &cats, &variants);
-        grouped_bars(&out.join("throughput.png"), "iperf3 through a ClusterIP (Gbit/s)", &cats, &series, false)?;
+        grouped_bars(&out.join("throughput.png"), "iperf3 through a ClusterIP or NodePort (Gbit/s)", &cats, &series, false)?;
         made.push("throughput.png".into());
     }
     for proto in ["TCP", "UDP"] {
