@@ -1,6 +1,6 @@
-//! Hooks for the measurements of components still being built: CNI ADD
-//! latency (against the reference bridge + host-local plugins) and DNS QPS
-//! (dnsperf). Each reports "skipped" with the reason until it is wired.
+//! Hooks for the measurements still being built: CNI ADD latency (against
+//! the reference bridge + host-local plugins). Each reports "skipped" with
+//! the reason until it is wired.
 
 use super::stats::Row;
 use super::sibling_bin;
@@ -18,9 +18,4 @@ fn skipped(group: &'static str, name: &str, unit: &str, bin: &str) -> Vec<Row> {
 /// CNI ADD latency: sluice-cni against bridge + host-local. Not wired yet.
 pub fn cni() -> Vec<Row> {
     skipped("cni", "CNI ADD latency", "ms", "sluice-cni")
-}
-
-/// DNS queries per second with dnsperf against sluice-dns. Not wired yet.
-pub fn dns() -> Vec<Row> {
-    skipped("dns", "DNS QPS", "queries/s", "sluice-dns")
 }

@@ -10,6 +10,7 @@
 
 mod connrate;
 mod control;
+mod dns;
 mod extra;
 mod lab;
 mod report;
@@ -177,7 +178,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "connrate" => connrate::run(&plan, &progress, &proxy, &probe, args),
             "control" => control::run(&plan, &progress, &proxy, &probe, args),
             "cni" => Ok(extra::cni()),
-            "dns" => Ok(extra::dns()),
+            "dns" => dns::run(&plan, &progress, sibling_bin("sluice-dns"), args),
             _ => unreachable!("GROUPS"),
         };
         match result {
