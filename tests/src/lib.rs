@@ -10,6 +10,7 @@ mod process;
 mod sys;
 mod topology;
 pub mod apiserver;
+pub mod cni;
 pub mod proxy;
 
 use std::path::PathBuf;

@@ -8,10 +8,10 @@
 //! Services), `control` (programming time and agent memory), and the hooks
 //! `cni` and `dns` (report "skipped" until those components are wired).
 
+mod cni;
 mod connrate;
 mod control;
 mod dns;
-mod extra;
 mod lab;
 mod report;
 mod stats;
@@ -177,7 +177,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "throughput" => throughput::run(&plan, &progress, &proxy, &probe, args),
             "connrate" => connrate::run(&plan, &progress, &proxy, &probe, args),
             "control" => control::run(&plan, &progress, &proxy, &probe, args),
-            "cni" => Ok(extra::cni()),
+            "cni" => cni::run(&plan, &progress, sibling_bin("sluice-cni"), args),
             "dns" => dns::run(&plan, &progress, sibling_bin("sluice-dns"), args),
             _ => unreachable!("GROUPS"),
         };

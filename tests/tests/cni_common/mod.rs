@@ -5,10 +5,9 @@
 #![allow(dead_code, reason = "each test file uses a subset")]
 
 use std::fs;
-use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -29,72 +28,11 @@ pub fn cni_path() -> String {
     format!("{}:{REFERENCE_PLUGINS}", cni_bin().parent().unwrap().display())
 }
 
-/// One plugin invocation's outcome.
-#[derive(Debug)]
-pub struct Outcome {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
+pub use tests::cni::{Outcome, PodNetns};
 
-impl Outcome {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}; stderr: {}", self.stdout, self.stderr))
-    }
-
-    pub fn expect_ok(self, what: &str) -> Self {
-        assert!(self.ok, "{what}: expected success, got stdout {:?} stderr {}", self.stdout, self.stderr);
-        self
-    }
-
-    /// Asserts a spec error object with this code.
-    pub fn expect_code(&self, code: u64, what: &str) -> Value {
-        assert!(!self.ok, "{what}: expected error code {code}, but it succeeded: {}", self.stdout);
-        let v = self.json();
-        assert_eq!(v["code"], code, "{what}: expected code {code}, got {v}");
-        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: error without msg: {v}");
-        assert!(v["cniVersion"].is_string(), "{what}: error without cniVersion: {v}");
-        v
-    }
-}
-
-/// Runs `plugin` (a path) in `node_netns` with the CNI environment and
-/// `stdin`, killed after [`T`].
+/// [`tests::cni::invoke`] with the tests' timeout [`T`].
 pub fn invoke(plugin: &Path, node_netns: &str, env: &[(&str, &str)], stdin: &str) -> Outcome {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{node_netns}")).arg(plugin);
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", plugin.display()));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let ereader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + T;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{} did not finish within {T:?}", plugin.display());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    Outcome { ok: status.success(), stdout: reader.join().unwrap(), stderr: ereader.join().unwrap() }
+    tests::cni::invoke(plugin, node_netns, env, stdin, T)
 }
 
 /// A runtime's view of one attachment.
@@ -128,33 +66,6 @@ impl Attach<'_> {
     }
 }
 
-/// Bare pod namespaces (the runtime's sandbox), deleted on drop.
-pub struct PodNetns {
-    pub names: Vec<String>,
-}
-
-impl PodNetns {
-    pub fn new() -> Self {
-        Self { names: Vec::new() }
-    }
-
-    pub fn add(&mut self, name: &str) -> String {
-        let out = Command::new("ip").args(["netns", "add", name]).output().unwrap();
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
-        self.names.push(name.to_owned());
-        let lo = Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]).output().unwrap();
-        assert!(lo.status.success());
-        name.to_owned()
-    }
-}
-
-impl Drop for PodNetns {
-    fn drop(&mut self) {
-        for n in self.names.drain(..) {
-            let _ = Command::new("ip").args(["netns", "del", &n]).output();
-        }
-    }
-}
 
 /// A plugin config with the built-in IPAM on a fixed range (no daemon).
 pub fn static_conf(version: &str, data_dir: &Path, cidrs: &[&str]) -> Value {
