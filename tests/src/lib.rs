@@ -16,7 +16,7 @@ pub mod proxy;
 use std::path::PathBuf;
 
 pub use process::Proc;
-pub use sys::{cgroup2_root, cleanup_leftovers, in_netns, ip, ip_in, sysctls, CGROUP_PARENT};
+pub use sys::{cgroup2_root, cleanup_leftovers, in_netns, ip, ip_in, sysctls, ThreadNetns, CGROUP_PARENT};
 pub use topology::{
     Node, Outside, Pod, Topology, HOST_VETH_MAC, POD_GATEWAY_V4, POD_GATEWAY_V6, UNDERLAY_BRIDGE,
 };

@@ -369,3 +369,34 @@ pub fn cleanup_leftovers(prefix: &str) -> Vec<String> {
     }
     log
 }
+
+/// A fresh network namespace the calling thread moves into, with its
+/// loopback up: every server, client and child process the test starts
+/// after this lives there, never in the machine's own namespace. Deleted on
+/// drop (declare it first, so it goes last). `None` without root (skipped).
+pub struct ThreadNetns(String);
+
+impl ThreadNetns {
+    pub fn enter(tag: &str) -> Option<Self> {
+        if !crate::require_root() {
+            return None;
+        }
+        use std::os::fd::AsRawFd as _;
+        let name = format!("slc-t-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        let ok = |args: &[&str]| std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        assert!(ok(&["netns", "add", &name]), "ip netns add {name}");
+        let me = Self(name);
+        assert!(ok(&["-n", &me.0, "link", "set", "lo", "up"]), "lo up in {}", me.0);
+        let ns = std::fs::File::open(format!("/run/netns/{}", me.0)).expect("opening the test namespace");
+        // SAFETY: setns(2) on a valid namespace fd moves only this thread.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns into {}", me.0);
+        Some(me)
+    }
+}
+
+impl Drop for ThreadNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}

@@ -1,5 +1,7 @@
 //! `sluice_k8s::kube_source::watch_cluster` against the test API server:
-//! the real kube-rs list/watch path over HTTP on loopback. No root needed.
+//! the real kube-rs list/watch path over HTTP on loopback. Each test runs in
+//! a network namespace of its own (the runtime's threads are created inside
+//! it); needs root, skipped otherwise.
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +25,11 @@ use tests::apiserver::ApiServer;
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// A runtime whose worker threads start in the calling thread's namespace.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("building a tokio runtime")
+}
 
 fn service(name: &str, ip: &str) -> Service {
     Service {
@@ -185,8 +192,13 @@ fn populated_server() -> ApiServer {
     server
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn initial_sync_sets_synced_and_carries_every_selected_object() {
+#[test]
+fn initial_sync_sets_synced_and_carries_every_selected_object() {
+    let Some(_netns) = tests::ThreadNetns::enter("initial_sync_s") else { return };
+    runtime().block_on(initial_sync_sets_synced_and_carries_every_selected_object_body());
+}
+
+async fn initial_sync_sets_synced_and_carries_every_selected_object_body() {
     let server = populated_server();
     let kc = Kubeconfig::new(&server, "initial");
     let mut rx = watch_cluster(Some(kc.0.clone()), kinds())
@@ -226,8 +238,13 @@ async fn initial_sync_sets_synced_and_carries_every_selected_object() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_and_a_delete_show_up_and_unchanged_objects_keep_their_arc() {
+#[test]
+fn an_update_and_a_delete_show_up_and_unchanged_objects_keep_their_arc() {
+    let Some(_netns) = tests::ThreadNetns::enter("an_update_and_") else { return };
+    runtime().block_on(an_update_and_a_delete_show_up_and_unchanged_objects_keep_their_arc_body());
+}
+
+async fn an_update_and_a_delete_show_up_and_unchanged_objects_keep_their_arc_body() {
     let server = populated_server();
     let kc = Kubeconfig::new(&server, "update");
     let mut rx = watch_cluster(Some(kc.0.clone()), kinds())
@@ -262,8 +279,13 @@ async fn an_update_and_a_delete_show_up_and_unchanged_objects_keep_their_arc() {
     assert!(snap.services.contains_key(&key("web")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_missed_during_an_outage_is_dropped_by_the_relist() {
+#[test]
+fn a_delete_missed_during_an_outage_is_dropped_by_the_relist() {
+    let Some(_netns) = tests::ThreadNetns::enter("a_delete_misse") else { return };
+    runtime().block_on(a_delete_missed_during_an_outage_is_dropped_by_the_relist_body());
+}
+
+async fn a_delete_missed_during_an_outage_is_dropped_by_the_relist_body() {
     let server = populated_server();
     let kc = Kubeconfig::new(&server, "outage");
     let mut rx = watch_cluster(Some(kc.0.clone()), kinds())
@@ -311,8 +333,13 @@ async fn a_delete_missed_during_an_outage_is_dropped_by_the_relist() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_watches_with_compacted_history_relist_and_converge() {
+#[test]
+fn dropped_watches_with_compacted_history_relist_and_converge() {
+    let Some(_netns) = tests::ThreadNetns::enter("dropped_watche") else { return };
+    runtime().block_on(dropped_watches_with_compacted_history_relist_and_converge_body());
+}
+
+async fn dropped_watches_with_compacted_history_relist_and_converge_body() {
     let server = populated_server();
     let kc = Kubeconfig::new(&server, "disconnect");
     let mut rx = watch_cluster(Some(kc.0.clone()), kinds())
@@ -338,8 +365,13 @@ async fn dropped_watches_with_compacted_history_relist_and_converge() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn yaml_fixtures_load() {
+#[test]
+fn yaml_fixtures_load() {
+    let Some(_netns) = tests::ThreadNetns::enter("yaml_fixtures_") else { return };
+    runtime().block_on(yaml_fixtures_load_body());
+}
+
+async fn yaml_fixtures_load_body() {
     let server = ApiServer::start();
     server.apply_yaml_str(
         r"
@@ -373,8 +405,13 @@ metadata: {name: node-a, labels: {topology.kubernetes.io/zone: z1}}
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_services_and_slices_sync() {
+#[test]
+fn ten_thousand_services_and_slices_sync() {
+    let Some(_netns) = tests::ThreadNetns::enter("ten_thousand_s") else { return };
+    runtime().block_on(ten_thousand_services_and_slices_sync_body());
+}
+
+async fn ten_thousand_services_and_slices_sync_body() {
     const N: usize = 10_000;
     let server = ApiServer::start();
     let fill = Instant::now();

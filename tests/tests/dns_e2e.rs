@@ -20,36 +20,6 @@ use std::{
 
 // ---------------------------------------------------------------- harness
 
-/// A fresh network namespace the calling test thread moves into, with its
-/// loopback up: every server, client and child process the test starts
-/// after this lives there, never in the machine's own namespace. Deleted on
-/// drop (declare it first, so it goes last). `None` without root (skipped).
-struct TestNetns(String);
-
-impl TestNetns {
-    fn enter(tag: &str) -> Option<Self> {
-        if !tests::require_root() {
-            return None;
-        }
-        use std::os::fd::AsRawFd as _;
-        let name = format!("slc-dns-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ok = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
-        assert!(ok(&["netns", "add", &name]), "ip netns add {name}");
-        let me = Self(name);
-        assert!(ok(&["-n", &me.0, "link", "set", "lo", "up"]), "lo up in {}", me.0);
-        let ns = std::fs::File::open(format!("/run/netns/{}", me.0)).expect("opening the test namespace");
-        // SAFETY: setns(2) on a valid namespace fd moves only this thread.
-        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns into {}", me.0);
-        Some(me)
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
 
 /// A temporary directory removed on drop.
 struct TempDir(PathBuf);
@@ -371,7 +341,7 @@ fn write(dir: &Path, file: &str, text: &str) {
 
 #[test]
 fn dns_cluster_records_follow_the_specification() {
-    let Some(_netns) = TestNetns::enter("cluster_reco") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("cluster_reco") else { return };
     let dir = TempDir::new("spec");
     write(&dir.manifests(), "cluster.yaml", CLUSTER);
     let up = start_upstream("127.0.0.71");
@@ -444,7 +414,7 @@ fn dns_cluster_records_follow_the_specification() {
 
 #[test]
 fn dns_large_answers_truncate_over_udp_and_complete_over_tcp() {
-    let Some(_netns) = TestNetns::enter("large_answer") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("large_answer") else { return };
     let dir = TempDir::new("tc");
     write(&dir.manifests(), "many.yaml", &many_endpoints(100));
     let up = start_upstream("127.0.0.73");
@@ -464,7 +434,7 @@ fn dns_large_answers_truncate_over_udp_and_complete_over_tcp() {
 
 #[test]
 fn dns_edns_versions_other_than_zero_get_badvers() {
-    let Some(_netns) = TestNetns::enter("eversions_ot") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("eversions_ot") else { return };
     let dir = TempDir::new("edns");
     write(&dir.manifests(), "cluster.yaml", CLUSTER);
     let up = start_upstream("127.0.0.75");
@@ -475,7 +445,7 @@ fn dns_edns_versions_other_than_zero_get_badvers() {
 
 #[test]
 fn dns_forwards_other_names_and_caches_positive_and_negative_answers() {
-    let Some(_netns) = TestNetns::enter("forwards_oth") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("forwards_oth") else { return };
     let dir = TempDir::new("fwd");
     write(&dir.manifests(), "cluster.yaml", CLUSTER);
     let up = start_upstream("127.0.0.77");
@@ -517,7 +487,7 @@ fn dns_forwards_other_names_and_caches_positive_and_negative_answers() {
 
 #[test]
 fn dns_refuses_to_forward_to_itself() {
-    let Some(_netns) = TestNetns::enter("refuses_to_f") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("refuses_to_f") else { return };
     let dir = TempDir::new("self");
     write(&dir.manifests(), "cluster.yaml", CLUSTER);
     let addr: SocketAddr = SocketAddr::new("127.0.0.78".parse().unwrap(), free_port("127.0.0.78"));
@@ -534,7 +504,7 @@ fn dns_refuses_to_forward_to_itself() {
 
 #[test]
 fn dns_detects_a_forwarding_loop_through_another_server() {
-    let Some(_netns) = TestNetns::enter("detects_a_fo") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("detects_a_fo") else { return };
     let dir_a = TempDir::new("loop-a");
     let dir_b = TempDir::new("loop-b");
     let a: SocketAddr = SocketAddr::new("127.0.0.79".parse().unwrap(), free_port("127.0.0.79"));
@@ -557,7 +527,7 @@ fn dns_detects_a_forwarding_loop_through_another_server() {
 
 #[test]
 fn dns_answers_follow_manifest_changes() {
-    let Some(_netns) = TestNetns::enter("answers_foll") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("answers_foll") else { return };
     let dir = TempDir::new("fresh");
     write(&dir.manifests(), "cluster.yaml", CLUSTER);
     let up = start_upstream("127.0.0.82");
@@ -609,7 +579,7 @@ fn dns_answers_follow_manifest_changes() {
 
 #[test]
 fn dns_malformed_packets_get_formerr_or_are_dropped_and_never_crash_the_server() {
-    let Some(_netns) = TestNetns::enter("malformed_pa") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("malformed_pa") else { return };
     let dir = TempDir::new("bad");
     write(&dir.manifests(), "cluster.yaml", CLUSTER);
     let up = start_upstream("127.0.0.84");
@@ -659,7 +629,7 @@ fn dns_malformed_packets_get_formerr_or_are_dropped_and_never_crash_the_server()
 
 #[test]
 fn dns_serves_health_readiness_and_metrics() {
-    let Some(_netns) = TestNetns::enter("serves_healt") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("serves_healt") else { return };
     let dir = TempDir::new("http");
     write(&dir.manifests(), "cluster.yaml", CLUSTER);
     let up = start_upstream("127.0.0.86");
@@ -675,7 +645,7 @@ fn dns_serves_health_readiness_and_metrics() {
 
 #[test]
 fn dns_unreadable_kubeconfig_is_reported_clearly() {
-    let Some(_netns) = TestNetns::enter("unreadable_k") else { return };
+    let Some(_netns) = tests::ThreadNetns::enter("unreadable_k") else { return };
     let dir = TempDir::new("kubecfg");
     let upstream = write_upstreams(&dir, &[]);
     let out = Command::new(tests::workspace_bin("sluice-dns"))
