@@ -395,6 +395,13 @@ impl ThreadNetns {
     }
 }
 
+impl ThreadNetns {
+    /// The namespace's name under /run/netns.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Drop for ThreadNetns {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();

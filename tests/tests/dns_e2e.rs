@@ -657,3 +657,59 @@ fn dns_unreadable_kubeconfig_is_reported_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/kubeconfig"), "the error names the file:\n{err}");
 }
+
+/// glibc's resolver (`getent hosts`, what most programs in a pod use) with
+/// the resolv.conf a kubelet writes: the cluster's search path, ndots:5.
+/// `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over
+/// /etc/resolv.conf for the command it runs.
+#[test]
+fn dns_glibc_resolves_short_and_qualified_names_through_the_search_path() {
+    let Some(netns) = tests::ThreadNetns::enter("getent") else { return };
+    struct EtcNetns(PathBuf);
+    impl Drop for EtcNetns {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            // Only when empty: another namespace may have its own files there.
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
+    }
+    let etc = EtcNetns(PathBuf::from(format!("/etc/netns/{}", netns.name())));
+    std::fs::create_dir_all(&etc.0).unwrap();
+    std::fs::write(
+        etc.0.join("resolv.conf"),
+        "nameserver 127.0.0.53\nsearch prod.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+    )
+    .unwrap();
+    let dir = TempDir::new("getent");
+    write(
+        &dir.manifests(),
+        "web.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: prod}\n\
+         spec: {clusterIP: 198.19.0.40, ports: [{name: http, port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: other}\n\
+         spec: {clusterIP: 198.19.0.41, ports: [{name: pg, port: 5432}]}\n",
+    );
+    let up = start_upstream("127.0.0.88");
+    let _dns = start_dns_at(&dir, "127.0.0.53:53".parse().unwrap(), &[up.addr], &[]);
+    let getent = |name: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns.name(), "getent", "hosts", name])
+            .output()
+            .expect("running getent");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for (name, want) in [
+        ("web", "198.19.0.40"),
+        ("web.prod", "198.19.0.40"),
+        ("web.prod.svc.cluster.local", "198.19.0.40"),
+        ("db.other", "198.19.0.41"),
+    ] {
+        let got = getent(name);
+        assert!(got.starts_with(want), "getent hosts {name}: expected {want}, got {got:?}");
+    }
+    // db lives in another namespace: the search path must not find it (the
+    // bare name then goes upstream, where the fake upstream answers anything).
+    let db = getent("db");
+    assert!(!db.starts_with("198.19.0.41"), "getent hosts db must not find other/db through prod's search path: {db:?}");
+}
