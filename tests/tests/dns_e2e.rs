@@ -713,3 +713,59 @@ fn dns_glibc_resolves_short_and_qualified_names_through_the_search_path() {
     let db = getent("db");
     assert!(!db.starts_with("198.19.0.41"), "getent hosts db must not find other/db through prod's search path: {db:?}");
 }
+
+/// The API source: sluice-dns follows the test API server (the real kube-rs
+/// list/watch path) through an ordinary kubeconfig, and a Service created
+/// afterwards shows up in the answers.
+#[test]
+fn dns_follows_the_api_server_through_a_kubeconfig() {
+    let Some(_netns) = tests::ThreadNetns::enter("kubeconfig") else { return };
+    let dir = TempDir::new("kubeconfig");
+    let api = tests::apiserver::ApiServer::start();
+    let kubeconfig = dir.0.join("kubeconfig.yaml");
+    api.write_kubeconfig(&kubeconfig);
+    api.apply_yaml_str(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: prod}\n\
+         spec: {clusterIP: 198.19.0.50, ports: [{name: http, port: 80}]}\n",
+    );
+    let up = start_upstream("127.0.0.91");
+    let addr = SocketAddr::new("127.0.0.90".parse().unwrap(), free_port("127.0.0.90"));
+    let upstream = write_upstreams(&dir, &[up.addr]);
+    let log = dir.0.join("sluice-dns.log");
+    let bin = tests::workspace_bin("sluice-dns");
+    let child = Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--listen", &addr.to_string()])
+        .arg("--upstream")
+        .arg(&upstream)
+        .args(["--upstream-timeout-ms", "500", "--threads", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let dns = Dns { child, addr, metrics: addr, log };
+    let wait_for = |name: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = answers(&dig(&dns, &[name, "A"]));
+            if got.iter().any(|a| a.ends_with(want)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never answered {want} (last {got:?}); log:\n{}",
+                std::fs::read_to_string(&dns.log).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("web.prod.svc.cluster.local", "198.19.0.50");
+    api.apply_yaml_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: prod}\n\
+         spec: {clusterIP: 198.19.0.51, ports: [{name: http, port: 80}]}\n",
+    );
+    wait_for("api.prod.svc.cluster.local", "198.19.0.51");
+}
