@@ -61,25 +61,8 @@ fn parse_fast(file: &str, text: &str) -> Option<Vec<Object>> {
         }
         let obj = match (api_version, kind) {
             (None, None) if doc.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) => continue,
-            (Some("v1"), Some("Service")) => {
-                let mut o: Service = serde_yaml::from_str(doc).ok()?;
-                o.metadata.self_link.clone_from(&link);
-                Object::Service(Arc::new(o))
-            }
-            (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => {
-                let mut o: EndpointSlice = serde_yaml::from_str(doc).ok()?;
-                o.metadata.self_link.clone_from(&link);
-                Object::EndpointSlice(Arc::new(o))
-            }
-            (Some("v1"), Some("Node")) => {
-                let mut o: Node = serde_yaml::from_str(doc).ok()?;
-                o.metadata.self_link.clone_from(&link);
-                Object::Node(Arc::new(o))
-            }
-            (Some("v1"), Some("Namespace")) => {
-                let mut o: Namespace = serde_yaml::from_str(doc).ok()?;
-                o.metadata.self_link.clone_from(&link);
-                Object::Namespace(Arc::new(o))
+            (Some(api_version), Some(kind)) => {
+                known_kind(api_version, kind, serde_yaml::Deserializer::from_str(doc), link.clone())?.ok()?
             }
             _ => return None,
         };
@@ -89,6 +72,32 @@ fn parse_fast(file: &str, text: &str) -> Option<Vec<Object>> {
         objects.push(obj);
     }
     Some(objects)
+}
+
+/// Deserializes one object of a kind the sources know through `de`, with
+/// `link` (the file) as its selfLink; `None` for any other kind.
+fn known_kind<'de, D: serde::Deserializer<'de>>(
+    api_version: &str,
+    kind: &str,
+    de: D,
+    link: Option<String>,
+) -> Option<std::result::Result<Object, D::Error>> {
+    fn linked<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+        mut o: T,
+        link: Option<String>,
+    ) -> Arc<T> {
+        o.metadata_mut().self_link = link;
+        Arc::new(o)
+    }
+    Some(match (api_version, kind) {
+        ("v1", "Service") => Service::deserialize(de).map(|o| Object::Service(linked(o, link))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            EndpointSlice::deserialize(de).map(|o| Object::EndpointSlice(linked(o, link)))
+        }
+        ("v1", "Node") => Node::deserialize(de).map(|o| Object::Node(linked(o, link))),
+        ("v1", "Namespace") => Namespace::deserialize(de).map(|o| Object::Namespace(linked(o, link))),
+        _ => return None,
+    })
 }
 
 /// Splits a YAML stream at its document markers (`---` and `...` at the
@@ -174,28 +183,15 @@ fn parse_value(
             }
             return;
         }
-        ("v1", "Service") => serde_yaml::from_value(value).map(|mut o: Service| {
-            o.metadata.self_link = link;
-            Object::Service(Arc::new(o))
-        }),
-        ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value(value).map(|mut o: EndpointSlice| {
-            o.metadata.self_link = link;
-            Object::EndpointSlice(Arc::new(o))
-        }),
-        ("v1", "Node") => serde_yaml::from_value(value).map(|mut o: Node| {
-            o.metadata.self_link = link;
-            Object::Node(Arc::new(o))
-        }),
-        ("v1", "Namespace") => serde_yaml::from_value(value).map(|mut o: Namespace| {
-            o.metadata.self_link = link;
-            Object::Namespace(Arc::new(o))
-        }),
-        _ => {
-            warnings.push(format!(
-                "{file}: {at}: skipped {what}: unsupported kind {kind:?} of apiVersion {api_version:?}"
-            ));
-            return;
-        }
+        (api_version, kind) => match known_kind(api_version, kind, value, link) {
+            Some(result) => result,
+            None => {
+                warnings.push(format!(
+                    "{file}: {at}: skipped {what}: unsupported kind {kind:?} of apiVersion {api_version:?}"
+                ));
+                return;
+            }
+        },
     };
     match result {
         Ok(obj) if name.is_empty() => {

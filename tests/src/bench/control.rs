@@ -170,19 +170,7 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
         e2e.push(ms(seen - t0));
         own.push(micros as f64 / 1000.0);
     }
-    progress.say(format!(
-        "  sluice {name}: median end to end {:.1} ms, agent {:.2} ms ({} changes)",
-        median(&e2e),
-        median(&own),
-        e2e.len()
-    ));
-    rows.push(Row::new(GROUP, &name, "sluice", "ms", e2e).lower_is_better().with_p99());
-    rows.push(
-        Row::new(GROUP, &name, "sluice-agent", "ms", own)
-            .lower_is_better()
-            .with_p99()
-            .with_note("agent's own time (logged micros)"),
-    );
+    change_rows(progress, &mut rows, &name, e2e, own, "manifest file rewritten -> map written");
 
     // The same through the API server, the path a cluster uses: the test
     // API server (real list/watch protocol) runs in the ctl namespace and a
@@ -302,27 +290,28 @@ fn kube_variant(
         own.push(micros as f64 / 1000.0);
     }
     let name = format!("endpoint change from the API, {n} services");
+    change_rows(progress, rows, &name, e2e, own, "EndpointSlice updated on the API server -> map written");
+    drop(agent);
+    drop(api);
+    Ok(())
+}
+
+/// The rows of one endpoint-change measurement: end to end (`e2e`) and the
+/// agent's own logged time (`own`), both with p99.
+fn change_rows(progress: &Progress, rows: &mut Vec<Row>, name: &str, e2e: Vec<f64>, own: Vec<f64>, path: &str) {
     progress.say(format!(
-        "  sluice {name}: median {:.2} ms, agent {:.2} ms ({} changes)",
+        "  sluice {name}: median end to end {:.2} ms, agent {:.2} ms ({} changes)",
         median(&e2e),
         median(&own),
         e2e.len()
     ));
+    rows.push(Row::new(GROUP, name, "sluice", "ms", e2e).lower_is_better().with_p99().with_note(path));
     rows.push(
-        Row::new(GROUP, &name, "sluice", "ms", e2e)
-            .lower_is_better()
-            .with_p99()
-            .with_note("EndpointSlice updated on the API server -> map written"),
-    );
-    rows.push(
-        Row::new(GROUP, &name, "sluice-agent", "ms", own)
+        Row::new(GROUP, name, "sluice-agent", "ms", own)
             .lower_is_better()
             .with_p99()
             .with_note("agent's own time (logged micros)"),
     );
-    drop(agent);
-    drop(api);
-    Ok(())
 }
 
 #[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
