@@ -138,7 +138,7 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                     if stats.entry_writes >= TRIM_AFTER_WRITES {
                         release_free_memory();
                     }
-                    record_fill(&metrics, reconciler.programmed(), cfg.sizes);
+                    record_fill(&metrics, reconciler.fill(), cfg.sizes);
                     match external.as_mut().map(|x| x.after_reconcile(&snap, &cfg.node_name)) {
                         Some(Err(e)) => {
                             metrics.error("external");
@@ -203,16 +203,9 @@ fn release_free_memory() {
     }
 }
 
-/// Map fill ratios from what is programmed (frontends plus slots per family).
-fn record_fill(metrics: &Metrics, p: &crate::plan::Programmed, sizes: MapSizes) {
-    let (mut svc4, mut svc6) = (0usize, 0usize);
-    for (k, f) in &p.frontends {
-        let n = 1 + f.slots.len();
-        if k.addr.is_ipv4() { svc4 += n } else { svc6 += n }
-    }
-    let (be4, be6) = p.backends.values().fold((0usize, 0usize), |(a, b), be| {
-        if be.addr.is_ipv4() { (a + 1, b) } else { (a, b + 1) }
-    });
+/// Map fill ratios from the planner's entry counts (O(1) per update).
+fn record_fill(metrics: &Metrics, fill: crate::plan::Fill, sizes: MapSizes) {
+    let crate::plan::Fill { svc4, svc6, be4, be6 } = fill;
     for (map, used, max) in [
         (proxy_common::maps::SERVICES4, svc4, sizes.services),
         (proxy_common::maps::SERVICES6, svc6, sizes.services),

@@ -103,6 +103,42 @@ pub fn assign_slots(old: &[BackendId], new: &BTreeSet<BackendId>) -> Vec<Backend
     slots.into_iter().flatten().collect()
 }
 
+/// Map entries in use per family, kept up to date on every commit so the
+/// fill-ratio metrics cost O(1) per update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    /// Services map entries (frontend plus slots).
+    pub svc4: usize,
+    pub svc6: usize,
+    /// Backends map entries.
+    pub be4: usize,
+    pub be6: usize,
+}
+
+impl Fill {
+    fn of(p: &Programmed) -> Self {
+        let mut f = Self::default();
+        for (k, fe) in &p.frontends {
+            f.frontend(k, fe, 1);
+        }
+        for be in p.backends.values() {
+            f.backend(be, 1);
+        }
+        f
+    }
+
+    fn frontend(&mut self, key: &FrontendKey, fe: &ProgrammedFrontend, sign: isize) {
+        let n = 1 + fe.slots.len();
+        let slot = if key.addr.is_ipv4() { &mut self.svc4 } else { &mut self.svc6 };
+        *slot = slot.saturating_add_signed(sign * n as isize);
+    }
+
+    fn backend(&mut self, be: &BackendAddr, sign: isize) {
+        let slot = if be.addr.is_ipv4() { &mut self.be4 } else { &mut self.be6 };
+        *slot = slot.saturating_add_signed(sign);
+    }
+}
+
 /// Scratch state of one plan.
 #[derive(Default)]
 struct Work {
@@ -128,6 +164,7 @@ pub struct Planner {
     next_revnat: RevNatId,
     /// The next plan compares everything (after adopting or a reset).
     full_pending: bool,
+    fill: Fill,
 }
 
 impl Planner {
@@ -144,6 +181,7 @@ impl Planner {
         let next_revnat =
             programmed.frontends.values().map(|f| f.revnat_id).max().map_or(1, |m| m + 1);
         let revnats = programmed.frontends.values().map(|f| f.revnat_id).collect();
+        let fill = Fill::of(&programmed);
         Self {
             programmed,
             by_addr,
@@ -153,11 +191,17 @@ impl Planner {
             next_backend,
             next_revnat,
             full_pending: true,
+            fill,
         }
     }
 
     pub fn programmed(&self) -> &Programmed {
         &self.programmed
+    }
+
+    /// Map entries in use, as of the last commit.
+    pub fn fill(&self) -> Fill {
+        self.fill
     }
 
     fn alloc_backend(&mut self, taken: &HashSet<BackendId>) -> BackendId {
@@ -293,6 +337,7 @@ impl Planner {
     /// Records that `diff` was applied and `desired` is now programmed.
     pub fn commit(&mut self, diff: &Diff, desired: DesiredState) {
         for (id, addr) in &diff.backends_added {
+            self.fill.backend(addr, 1);
             self.programmed.backends.insert(*id, *addr);
             self.by_addr.insert(*addr, *id);
         }
@@ -307,6 +352,10 @@ impl Planner {
             for id in &c.new.slots {
                 *self.refs.entry(*id).or_default() += 1;
             }
+            if let Some(old) = &c.old {
+                self.fill.frontend(&c.key, old, -1);
+            }
+            self.fill.frontend(&c.key, &c.new, 1);
             self.revnats.insert(c.new.revnat_id);
             self.programmed.frontends.insert(c.key, c.new.clone());
         }
@@ -316,10 +365,12 @@ impl Planner {
                     *n = n.saturating_sub(1);
                 }
             }
+            self.fill.frontend(key, old, -1);
             self.revnats.remove(&old.revnat_id);
             self.programmed.frontends.remove(key);
         }
         for (id, addr) in &diff.backends_removed {
+            self.fill.backend(addr, -1);
             self.programmed.backends.remove(id);
             self.by_addr.remove(addr);
             self.refs.remove(id);
@@ -417,6 +468,7 @@ mod tests {
         // backend 10 is still used by the other 199 frontends
         assert!(diff.backends_removed.is_empty());
         assert!(diff.entry_writes() <= 3, "expected O(1) writes, saw {}", diff.entry_writes());
+        assert_eq!(p.fill(), Fill::of(p.programmed()), "kept fill counts equal a recount");
     }
 
     #[test]

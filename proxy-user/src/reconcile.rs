@@ -62,6 +62,11 @@ impl<D: Dataplane> Reconciler<D> {
         self.planner.programmed()
     }
 
+    /// Map entries in use (for the fill-ratio metrics).
+    pub fn fill(&self) -> crate::plan::Fill {
+        self.planner.fill()
+    }
+
     pub fn dataplane(&self) -> &D {
         &self.dataplane
     }

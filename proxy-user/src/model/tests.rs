@@ -351,6 +351,7 @@ fn incremental_translation_and_planning_equal_a_full_recompute_at_every_step() {
                 assert_eq!(got, want.backends, "seed {seed} step {step}: backends of {k}");
             }
             assert_eq!(planner.programmed().frontends.len(), full.state.frontends.len());
+            assert_eq!(planner.fill(), fresh.fill(), "seed {seed} step {step}: kept fill counts equal a recount");
         }
     }
 }
