@@ -360,8 +360,12 @@ impl Changed {
 pub struct Computed {
     pub state: DesiredState,
     pub changed: Changed,
-    /// Every current warning (each a sentence naming the object it skipped).
-    pub warnings: Vec<String>,
+    /// Warnings this call raised: those of re-translated Services that their
+    /// previous translation did not have, and conflicts on touched frontends
+    /// (each a sentence naming the object it skipped).
+    pub new_warnings: Vec<String>,
+    /// How many warnings hold now (all Services, all conflicts).
+    pub warning_count: usize,
 }
 
 /// What the translator last saw, to find the changed Services.
@@ -391,6 +395,10 @@ pub struct Translator {
     losers: BTreeMap<FrontendKey, BTreeSet<ObjectKey>>,
     external: Option<Arc<crate::external::ExternalConfig>>,
     recomputed: Vec<ObjectKey>,
+    /// Warnings of all translations in `memo`.
+    service_warnings: usize,
+    /// Service warnings raised during the current compute.
+    fresh_warnings: Vec<String>,
 }
 
 impl Translator {
@@ -440,18 +448,19 @@ impl Translator {
             }
         };
         self.seen = Some(Seen { services: snap.services.clone(), slices: snap.slices.clone(), node: node.clone() });
-        Computed { state: self.state.clone(), changed, warnings: self.warnings() }
+        let new_warnings = std::mem::take(&mut self.fresh_warnings);
+        let warning_count = self.service_warnings + self.losers.values().map(BTreeSet::len).sum::<usize>();
+        Computed { state: self.state.clone(), changed, new_warnings, warning_count }
     }
 
-    /// Every current warning: the Services' own and the frontend conflicts.
-    fn warnings(&self) -> Vec<String> {
+    /// Every current warning: the Services' own and the frontend conflicts
+    /// (walks every Service; for tests and diagnostics).
+    pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> =
             self.memo.values().flat_map(|t| t.warnings.iter().cloned()).collect();
         for (fk, losers) in &self.losers {
             let owner = self.owners.get(fk).map(ToString::to_string).unwrap_or_default();
-            for l in losers {
-                out.push(format!("Service {l}: frontend {fk} is already used by Service {owner}; skipped"));
-            }
+            out.extend(losers.iter().map(|l| conflict(fk, l, &owner)));
         }
         out
     }
@@ -474,6 +483,12 @@ impl Translator {
             Some(n) => self.memo.insert(key.clone(), n.clone()),
             None => self.memo.remove(key),
         };
+        let old_warnings = old.as_ref().map_or(&[][..], |t| &t.warnings[..]);
+        self.service_warnings -= old_warnings.len();
+        if let Some(n) = &new {
+            self.service_warnings += n.warnings.len();
+            self.fresh_warnings.extend(n.warnings.iter().filter(|w| !old_warnings.contains(w)).cloned());
+        }
         let mut vacated = Vec::new();
         for (fk, _) in old.iter().flat_map(|t| t.frontends.iter()) {
             if self.owners.get(fk) == Some(key) {
@@ -514,11 +529,13 @@ impl Translator {
                 return;
             }
             Some(owner) if owner < key => {
+                self.fresh_warnings.push(conflict(&fk, key, &owner.to_string()));
                 self.losers.entry(fk).or_default().insert(key.clone());
                 return;
             }
             Some(owner) => {
                 let demoted = owner.clone();
+                self.fresh_warnings.push(conflict(&fk, &demoted, &key.to_string()));
                 self.losers.entry(fk).or_default().insert(demoted);
             }
             None => {}
@@ -527,6 +544,11 @@ impl Translator {
         self.state.frontends.insert(fk, fe.clone());
         touched.insert(fk);
     }
+}
+
+/// The warning of a Service that claims a frontend another one owns.
+fn conflict(fk: &FrontendKey, loser: &ObjectKey, owner: &str) -> String {
+    format!("Service {loser}: frontend {fk} is already used by Service {owner}; skipped")
 }
 
 /// The key of one entry of an [`OrdMap::diff`].

@@ -1,6 +1,6 @@
 //! The level-triggered loop body: snapshot -> desired state -> diff -> apply.
 
-use std::{collections::HashSet, time::Instant};
+use std::time::Instant;
 
 use sluice_k8s::Snapshot;
 use tracing::{debug, info, warn};
@@ -26,7 +26,8 @@ pub struct Reconciler<D: Dataplane> {
     planner: Planner,
     translator: Translator,
     node_name: String,
-    warned: HashSet<String>,
+    /// Warnings that hold now (the invalid-objects gauge).
+    invalid: usize,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     after_apply: Option<AfterApply>,
 }
@@ -51,7 +52,7 @@ impl<D: Dataplane> Reconciler<D> {
             planner: Planner::adopt(programmed),
             translator: Translator::new(),
             node_name: node_name.into(),
-            warned: HashSet::new(),
+            invalid: 0,
             metrics: None,
             after_apply: None,
         })
@@ -92,11 +93,10 @@ impl<D: Dataplane> Reconciler<D> {
         let start = Instant::now();
         let node = NodeInfo::from_snapshot(&self.node_name, snap);
         let computed = self.translator.compute(snap, &node);
-        let current: HashSet<String> = computed.warnings.into_iter().collect();
-        for w in current.difference(&self.warned) {
+        for w in &computed.new_warnings {
             warn!("{w}");
         }
-        self.warned = current;
+        self.invalid = computed.warning_count;
         let desired = computed.state;
         let diff = self.planner.plan_changed(&desired, &computed.changed);
         let mut stats = Stats {
@@ -126,7 +126,7 @@ impl<D: Dataplane> Reconciler<D> {
         stats.backends = self.planner.programmed().backends.len();
         stats.micros = start.elapsed().as_micros();
         if let Some(m) = &self.metrics {
-            self.observe(m, snap, &stats, self.warned.len());
+            self.observe(m, snap, &stats, self.invalid);
         }
         if stats.entry_writes > 0 {
             info!(
