@@ -14,7 +14,8 @@ use hickory_proto::rr::{
     DNSClass, LowerName, Name, RData, Record, RecordType,
 };
 use hickory_proto::op::ResponseCode;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+use sluice_k8s::EndpointSlice;
 use sluice_k8s::{semantics, ObjectKey, Snapshot};
 
 /// The schema version answered at `dns-version.<zone>`.
@@ -233,7 +234,7 @@ fn service_records(
                     continue;
                 }
                 for addr in &ep.addresses {
-                    let Ok(ip) = addr.parse::<IpAddr>() else {
+                    let Some(ip) = addr.ip() else {
                         tracing::warn!(service = %key, address = %addr, "skipped endpoint address: not an IP");
                         continue;
                     };

@@ -23,10 +23,7 @@ use std::{
 };
 
 use futures::{stream::BoxStream, FutureExt as _, StreamExt as _};
-use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
@@ -40,8 +37,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
+    slice::lean,
     snapshot::{group_slice, ungroup_slice},
-    Error, ObjectKey, OrdMap, Result, SliceGroup, Snapshot,
+    EndpointSlice, Error, ObjectKey, OrdMap, Result, SliceGroup, Snapshot,
 };
 
 /// Which kinds a component follows.
@@ -281,8 +279,10 @@ impl<K: Ord + Clone, T: Resource<DynamicType = ()> + PartialEq> Store<K, T> {
         }
     }
 
-    /// The stored `Arc` when `obj` is the same version of it, else a new one.
-    fn share(old: Option<&Arc<T>>, obj: T) -> Arc<T> {
+    /// The stored `Arc` when `obj` is the same version of it, else a new one
+    /// (without the metadata no component reads, see [`lean`]).
+    fn share(old: Option<&Arc<T>>, mut obj: T) -> Arc<T> {
+        lean(obj.meta_mut());
         match old {
             Some(old)
                 if match (old.resource_version(), obj.resource_version()) {

@@ -11,8 +11,10 @@
 pub mod kube_source;
 pub mod manifests;
 pub mod semantics;
+pub mod slice;
 pub mod snapshot;
 
+pub use slice::EndpointSlice;
 pub use snapshot::{ObjectKey, OrdMap, SliceGroup, Snapshot, SnapshotBuilder};
 
 /// Errors of the sources.

@@ -12,17 +12,14 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use serde::Deserialize as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::{
     snapshot::{group_slice, ungroup_slice},
-    Error, ObjectKey, Result, Snapshot,
+    EndpointSlice, Error, ObjectKey, Result, Snapshot,
 };
 
 /// One object read from a manifest.

@@ -2,10 +2,9 @@
 //! once for every component (the proxy and the DNS server both need "which
 //! endpoints are usable").
 
-use k8s_openapi::api::{
-    core::v1::{Service, ServicePort},
-    discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
-};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+
+use crate::slice::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Label linking an EndpointSlice to its Service.
@@ -129,11 +128,11 @@ pub fn numeric_target_port(port: &ServicePort) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::discovery::v1::EndpointConditions;
+    use crate::slice::EndpointConditions;
 
     fn ep(ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Endpoint {
         Endpoint {
-            addresses: vec!["198.18.0.10".into()],
+            addresses: "198.18.0.10".into(),
             conditions: Some(EndpointConditions { ready, serving, terminating }),
             ..Default::default()
         }
@@ -141,7 +140,7 @@ mod tests {
 
     #[test]
     fn absent_conditions_mean_ready_serving_not_terminating() {
-        let e = Endpoint { addresses: vec!["198.18.0.1".into()], ..Default::default() };
+        let e = Endpoint { addresses: "198.18.0.1".into(), ..Default::default() };
         assert!(is_ready(&e));
         assert!(is_serving(&e));
         assert!(!is_terminating(&e));

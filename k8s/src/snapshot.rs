@@ -2,12 +2,10 @@ use std::{fmt, sync::Arc};
 
 pub use imbl::{ordmap::DiffItem, OrdMap};
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 
-use crate::semantics::SERVICE_NAME_LABEL;
+use crate::slice::EndpointSlice;
+
 
 /// Namespace and name of an object (namespace empty for cluster-scoped kinds).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -162,8 +160,8 @@ pub(crate) fn ungroup_slice(groups: &mut OrdMap<ObjectKey, SliceGroup>, slice: &
 
 /// The Service a slice belongs to, if it names one.
 pub(crate) fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ObjectKey::new(ObjectKey::of(&slice.metadata).namespace, service.clone()))
+    let service = slice.service()?;
+    Some(ObjectKey::new(ObjectKey::of(&slice.metadata).namespace, service))
 }
 
 /// Collects objects into a [`Snapshot`].

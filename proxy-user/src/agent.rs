@@ -197,10 +197,19 @@ const TRIM_AFTER_WRITES: usize = 1_000;
 /// manifest parsers), so without this the resident size stays at the peak
 /// of the largest sync ever seen.
 fn release_free_memory() {
-    // SAFETY: malloc_trim only walks and shrinks the allocator's own arenas.
-    unsafe {
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own arenas;
+    // mallinfo2 only reads their counters.
+    let info = unsafe {
         libc::malloc_trim(0);
-    }
+        libc::mallinfo2()
+    };
+    const MIB: f64 = 1024.0 * 1024.0;
+    info!(
+        in_use_mib = format!("{:.1}", (info.uordblks + info.hblkhd) as f64 / MIB),
+        free_mib = format!("{:.1}", info.fordblks as f64 / MIB),
+        arenas = info.arena,
+        "heap after a large sync"
+    );
 }
 
 /// Map fill ratios from the planner's entry counts (O(1) per update).

@@ -17,7 +17,8 @@ use std::{
 };
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+use sluice_k8s::EndpointSlice;
 use sluice_k8s::{semantics, ObjectKey, Snapshot};
 
 use crate::model::{

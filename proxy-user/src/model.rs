@@ -12,11 +12,12 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Service, ServicePort},
-    discovery::v1::{Endpoint, EndpointSlice},
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use sluice_k8s::{
+    semantics,
+    slice::{Endpoint, EndpointSlice},
+    ObjectKey, OrdMap, Snapshot,
 };
-use sluice_k8s::{semantics, ObjectKey, OrdMap, Snapshot};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -118,13 +119,18 @@ impl fmt::Display for BackendAddr {
     }
 }
 
+/// A frontend's backends: sorted, distinct, shared by every copy of it.
+pub type Backends = Arc<[BackendAddr]>;
+
 /// What one frontend should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub service: ObjectKey,
     pub port_name: String,
-    /// Backends taking new connections, sorted. Empty means "refuse".
-    pub backends: BTreeSet<BackendAddr>,
+    /// Backends taking new connections, sorted and distinct. Empty means
+    /// "refuse". Shared: the translation, the desired state and the
+    /// planner's last view hold one list per frontend between them.
+    pub backends: Backends,
     /// ClientIP session affinity timeout in seconds, when enabled.
     pub affinity_timeout: Option<u32>,
 }
@@ -244,7 +250,7 @@ pub(crate) fn port_backends(
     local_only: bool,
     distribution: Option<&str>,
     warnings: &mut Vec<String>,
-) -> BTreeSet<BackendAddr> {
+) -> Backends {
     let family = if v4 { "IPv4" } else { "IPv6" };
     let mut candidates: Vec<Candidate<'_>> = Vec::new();
     let mut seen = BTreeSet::new();
@@ -257,8 +263,8 @@ pub(crate) fn port_backends(
         for ep in &slice.endpoints {
             // kube-proxy uses the first address of an endpoint.
             let Some(raw) = ep.addresses.first() else { continue };
-            let addr = match raw.parse::<IpAddr>() {
-                Ok(a) if a.is_ipv4() == v4 => a,
+            let addr = match raw.ip() {
+                Some(a) if a.is_ipv4() == v4 => a,
                 _ => {
                     warnings.push(format!(
                         "{} of Service {key}: invalid {family} address {raw:?}, endpoint skipped",
@@ -279,11 +285,10 @@ pub(crate) fn port_backends(
         candidates = filtered;
     }
     let any_ready = candidates.iter().any(|c| semantics::is_ready(c.ep));
-    candidates
-        .iter()
-        .filter(|c| semantics::is_usable(c.ep, any_ready))
-        .map(|c| c.addr)
-        .collect()
+    let mut usable: Vec<BackendAddr> =
+        candidates.iter().filter(|c| semantics::is_usable(c.ep, any_ready)).map(|c| c.addr).collect();
+    usable.sort_unstable();
+    usable.into()
 }
 
 /// kube-proxy's topology rules: hints are used only when every ready endpoint

@@ -289,7 +289,7 @@ impl Planner {
         let old = self.programmed.frontends.get(key).cloned();
         let old = old.as_ref();
         let mut ids = BTreeSet::new();
-        for addr in &fe.backends {
+        for addr in fe.backends.iter() {
             let id = match self.by_addr.get(addr).or_else(|| work.new_ids.get(addr)) {
                 Some(id) => *id,
                 None => {

@@ -46,12 +46,50 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde_json::{json, Value};
-use sluice_k8s::manifests::{parse_documents, Object};
 use tokio::{
     net::{TcpListener, TcpSocket},
     sync::{mpsc, oneshot},
     task::JoinSet,
 };
+
+/// A fixture object as the k8s-openapi type a real API server serves
+/// (every field, unlike the lean types the components keep).
+#[derive(Clone, Debug)]
+pub enum Fixture {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Node(Node),
+    Namespace(Namespace),
+}
+
+/// The Services, EndpointSlices, Nodes and Namespaces of a multi-document
+/// YAML text, in order.
+///
+/// # Panics
+/// On a document it cannot read or of another kind (a fixture error).
+pub fn fixtures(yaml: &str) -> Vec<Fixture> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("fixture document {i}: {e}"));
+        if value.is_null() {
+            continue;
+        }
+        let api_version = value["apiVersion"].as_str().unwrap_or_default().to_owned();
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        fn read<T: serde::de::DeserializeOwned>(i: usize, v: serde_yaml::Value) -> T {
+            serde_yaml::from_value(v).unwrap_or_else(|e| panic!("fixture document {i}: {e}"))
+        }
+        out.push(match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Service") => Fixture::Service(read(i, value)),
+            ("discovery.k8s.io/v1", "EndpointSlice") => Fixture::EndpointSlice(read(i, value)),
+            ("v1", "Node") => Fixture::Node(read(i, value)),
+            ("v1", "Namespace") => Fixture::Namespace(read(i, value)),
+            other => panic!("fixture document {i}: unsupported kind {other:?}"),
+        });
+    }
+    out
+}
 
 /// How often open watches that asked for bookmarks get one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
@@ -347,18 +385,18 @@ impl ApiServer {
     /// # Panics
     /// On any document it cannot read (a fixture error).
     pub fn apply_yaml_str(&self, yaml: &str) {
-        let (objects, warnings) = parse_documents("fixture", yaml);
-        assert!(
-            warnings.is_empty(),
-            "fixture YAML has unreadable documents: {warnings:?}"
-        );
-        for obj in objects {
-            match obj {
-                Object::Service(o) => self.apply(&*o),
-                Object::EndpointSlice(o) => self.apply(&*o),
-                Object::Node(o) => self.apply(&*o),
-                Object::Namespace(o) => self.apply(&*o),
-            }
+        for obj in fixtures(yaml) {
+            self.apply_fixture(&obj);
+        }
+    }
+
+    /// Applies one fixture object.
+    pub fn apply_fixture(&self, obj: &Fixture) {
+        match obj {
+            Fixture::Service(o) => self.apply(o),
+            Fixture::EndpointSlice(o) => self.apply(o),
+            Fixture::Node(o) => self.apply(o),
+            Fixture::Namespace(o) => self.apply(o),
         }
     }
 

@@ -92,7 +92,7 @@ fn key(name: &str) -> ObjectKey {
 
 fn addresses(snap: &Snapshot, service: &str) -> Vec<String> {
     snap.slices_of(&key(service))
-        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
+        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.iter().map(ToString::to_string)))
         .collect()
 }
 

@@ -1,8 +1,6 @@
 use super::*;
-use k8s_openapi::api::{
-    core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus},
-    discovery::v1::{Endpoint, EndpointConditions, EndpointPort},
-};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus};
+use sluice_k8s::slice::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sluice_k8s::SnapshotBuilder;
 
@@ -56,6 +54,8 @@ fn slice(eps: &[(&str, &str, bool)]) -> EndpointSlice {
             labels: Some([(semantics::SERVICE_NAME_LABEL.to_owned(), "web".to_owned())].into()),
             ..Default::default()
         },
+        // The label, as a slice built in code has it (`service()` falls back to it).
+        service_name: None,
         address_type: "IPv4".into(),
         ports: Some(vec![EndpointPort {
             name: Some("http".into()),
@@ -66,7 +66,7 @@ fn slice(eps: &[(&str, &str, bool)]) -> EndpointSlice {
         endpoints: eps
             .iter()
             .map(|(ip, node, ready)| Endpoint {
-                addresses: vec![(*ip).into()],
+                addresses: (*ip).into(),
                 conditions: Some(EndpointConditions { ready: Some(*ready), serving: Some(*ready), terminating: Some(false) }),
                 node_name: Some((*node).into()),
                 ..Default::default()

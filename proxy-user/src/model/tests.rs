@@ -1,8 +1,6 @@
 use super::*;
-use k8s_openapi::api::{
-    core::v1::{ClientIPConfig, ServiceSpec, SessionAffinityConfig},
-    discovery::v1::{EndpointConditions, EndpointHints, EndpointPort, ForNode, ForZone},
-};
+use k8s_openapi::api::core::v1::{ClientIPConfig, ServiceSpec, SessionAffinityConfig};
+use sluice_k8s::slice::{EndpointConditions, EndpointHints, EndpointPort, ForNode, ForZone};
 use k8s_openapi::apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString};
 use sluice_k8s::SnapshotBuilder;
 
@@ -51,9 +49,9 @@ fn slice(svc: &str, name: &str, family: &str, ports: &[(&str, i32, &str)], eps: 
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some("default".into()),
-            labels: Some([(semantics::SERVICE_NAME_LABEL.to_owned(), svc.to_owned())].into()),
             ..Default::default()
         },
+        service_name: Some(svc.into()),
         address_type: family.into(),
         ports: Some(
             ports
@@ -69,18 +67,20 @@ fn slice(svc: &str, name: &str, family: &str, ports: &[(&str, i32, &str)], eps: 
         endpoints: eps
             .iter()
             .map(|e| Endpoint {
-                addresses: vec![e.ip.into()],
+                addresses: e.ip.into(),
                 conditions: Some(EndpointConditions {
                     ready: Some(e.ready),
                     serving: Some(e.serving),
                     terminating: Some(e.terminating),
                 }),
                 node_name: Some(e.node.into()),
-                hints: (!e.zones.is_empty() || !e.nodes.is_empty()).then(|| EndpointHints {
-                    for_zones: (!e.zones.is_empty())
-                        .then(|| e.zones.iter().map(|z| ForZone { name: (*z).into() }).collect()),
-                    for_nodes: (!e.nodes.is_empty())
-                        .then(|| e.nodes.iter().map(|n| ForNode { name: (*n).into() }).collect()),
+                hints: (!e.zones.is_empty() || !e.nodes.is_empty()).then(|| {
+                    Box::new(EndpointHints {
+                        for_zones: (!e.zones.is_empty())
+                            .then(|| e.zones.iter().map(|z| ForZone { name: (*z).into() }).collect()),
+                        for_nodes: (!e.nodes.is_empty())
+                            .then(|| e.nodes.iter().map(|n| ForNode { name: (*n).into() }).collect()),
+                    })
                 }),
                 ..Default::default()
             })
@@ -350,7 +350,7 @@ fn incremental_translation_and_planning_equal_a_full_recompute_at_every_step() {
                 let want = full.state.frontends.get(k).expect("programmed frontend is desired");
                 let got: BTreeSet<BackendAddr> =
                     f.slots.iter().map(|id| planner.programmed().backends[id]).collect();
-                assert_eq!(got, want.backends, "seed {seed} step {step}: backends of {k}");
+                assert_eq!(got, want.backends.iter().copied().collect(), "seed {seed} step {step}: backends of {k}");
             }
             assert_eq!(planner.programmed().frontends.len(), full.state.frontends.len());
             assert_eq!(planner.fill(), fresh.fill(), "seed {seed} step {step}: kept fill counts equal a recount");

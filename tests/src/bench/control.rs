@@ -245,7 +245,6 @@ fn kube_variant(
     changed: &dyn Fn(usize) -> ServiceSpec,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
-    use sluice_k8s::manifests::{parse_documents, Object};
     let n = services.len();
     let api = crate::in_netns(&node.netns, crate::apiserver::ApiServer::start)
         .context("starting the test API server in the ctl namespace")?;
@@ -274,17 +273,13 @@ fn kube_variant(
 
     let (mut e2e, mut own) = (Vec::new(), Vec::new());
     for k in 0..plan.change_runs * 2 {
-        let (objects, _) = parse_documents("bench", &workload::manifest(&changed(k)));
-        let slice = objects
+        let slice = crate::apiserver::fixtures(&workload::manifest(&changed(k)))
             .into_iter()
-            .find_map(|o| match o {
-                Object::EndpointSlice(s) => Some(s),
-                _ => None,
-            })
+            .find(|o| matches!(o, crate::apiserver::Fixture::EndpointSlice(_)))
             .context("the changed Service's slice")?;
         agent.mark();
         let t0 = Instant::now();
-        api.apply(&*slice);
+        api.apply_fixture(&slice);
         let (seen, micros) = agent.wait_synced(n, Duration::from_secs(60))?;
         e2e.push(ms(seen - t0));
         own.push(micros as f64 / 1000.0);

@@ -369,7 +369,18 @@ impl Lab {
         let manifests = source.to_path_buf();
         let bpffs = self.topo.bpffs().join(name);
         fs::create_dir_all(&bpffs).with_context(|| format!("mkdir {}", bpffs.display()))?;
-        let mut cmd = Command::new(&self.proxy_bin);
+        // SLUICE_BENCH_AGENT_WRAP="heaptrack -o /tmp/agent" runs the agent
+        // under a profiler (its figures then include the wrapper's cost).
+        let wrap = std::env::var("SLUICE_BENCH_AGENT_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(wrap).arg(&self.proxy_bin);
+                c
+            }
+            None => Command::new(&self.proxy_bin),
+        };
         cmd.arg("run")
             .arg(flag)
             .arg(&manifests)
