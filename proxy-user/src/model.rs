@@ -424,6 +424,12 @@ impl Translator {
         &self.recomputed
     }
 
+    /// Lets go of the list [`Translator::recomputed`] returns (after a cold
+    /// start it names every Service).
+    pub fn forget_recomputed(&mut self) {
+        self.recomputed = Vec::new();
+    }
+
     /// The desired state of `snap`, what changed since the previous call, and
     /// the current warnings.
     pub fn compute(&mut self, snap: &Snapshot, node: &NodeInfo) -> Computed {

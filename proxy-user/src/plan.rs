@@ -154,7 +154,7 @@ struct Work {
 pub struct Planner {
     programmed: Programmed,
     by_addr: HashMap<BackendAddr, BackendId>,
-    refs: HashMap<BackendId, usize>,
+    refs: HashMap<BackendId, u32>,
     /// The desired frontends last committed, to skip unchanged ones cheaply
     /// in a full comparison (shares its structure with the translator's).
     last: OrdMap<FrontendKey, Frontend>,

@@ -128,6 +128,7 @@ impl<D: Dataplane> Reconciler<D> {
         if let Some(m) = &self.metrics {
             self.observe(m, snap, &stats, self.invalid);
         }
+        self.translator.forget_recomputed();
         if stats.entry_writes > 0 {
             info!(
                 frontends = stats.frontends,
