@@ -26,7 +26,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
-        bpf_redirect_neigh, bpf_set_retval, bpf_skb_change_tail,
+        bpf_redirect_neigh, bpf_redirect_peer, bpf_set_retval, bpf_skb_change_tail,
     },
     macros::{cgroup_sock_addr, classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Backend4, CtEntry4, CtKey4, ExternalConfig, MaglevKey, NodePortBindKey, ServiceKey4,
-    ServiceValue, SourceRangeKey4, CT_FORWARD, CT_F_SNAT, CT_REPLY, LB_MAGLEV,
+    ServiceValue, SourceRangeKey4, CT_FORWARD, CT_F_SNAT, CT_REPLY, EXT_F_PEER_REDIRECT, LB_MAGLEV,
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SOURCE_RANGE_DENY,
 };
 
@@ -219,7 +219,11 @@ fn fib_params(saddr: u32, daddr: u32, ifindex: u32, p: &Packet) -> FibParams {
 /// Sends the (already rewritten) packet toward its destination without the
 /// stack's forwarding path. Falls back to the stack when the FIB cannot say.
 #[inline(always)]
-fn forward(ctx: &TcContext, fib: &mut FibParams, looked_up: Option<i64>) -> i32 {
+/// Sends the packet on towards `fib`'s destination. `peer`: the
+/// interfaces are veths (see `EXT_F_PEER_REDIRECT`); a packet leaving
+/// through `in_ifindex`, the one it came in on, then goes straight to the
+/// ingress of that veth's peer.
+fn forward(ctx: &TcContext, fib: &mut FibParams, looked_up: Option<i64>, peer: bool, in_ifindex: u32) -> i32 {
     let rc = match looked_up {
         Some(rc) => rc,
         None => {
@@ -233,6 +237,10 @@ fn forward(ctx: &TcContext, fib: &mut FibParams, looked_up: Option<i64>) -> i32 
         macs[6..].copy_from_slice(&fib.smac);
         if ctx.store(0, &macs, 0).is_err() {
             return TC_ACT_SHOT;
+        }
+        if peer && fib.ifindex == in_ifindex {
+            // SAFETY: plain helper call (tc ingress only: where this runs).
+            return unsafe { bpf_redirect_peer(fib.ifindex, 0) } as i32;
         }
         // SAFETY: plain helper call.
         return unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
@@ -467,6 +475,7 @@ fn ingress(ctx: &TcContext) -> i32 {
     let t = now();
     // SAFETY: reading ifindex from the valid skb context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let peer = cfg.flags & EXT_F_PEER_REDIRECT != 0;
 
     // 1. A reply of a SNATed flow coming back from a backend on another node.
     let rkey = CtKey4 { saddr: p.saddr, daddr: p.daddr, sport: p.sport, dport: p.dport, proto: p.proto, dir: CT_REPLY, _pad: 0 };
@@ -478,7 +487,7 @@ fn ingress(ctx: &TcContext) -> i32 {
             return TC_ACT_SHOT as i32;
         }
         let mut fib = fib_params(ent.nat_saddr, ent.nat_daddr, ifindex, &p);
-        return forward(ctx, &mut fib, None);
+        return forward(ctx, &mut fib, None, peer, ifindex);
     }
 
     // 2. A packet to an external frontend.
@@ -510,7 +519,7 @@ fn ingress(ctx: &TcContext) -> i32 {
                     return TC_ACT_SHOT as i32;
                 }
                 let mut fib = fib_params(ent.nat_saddr, ent.nat_daddr, ifindex, &p);
-                return forward(ctx, &mut fib, None);
+                return forward(ctx, &mut fib, None, peer, ifindex);
             }
         }
     }
@@ -566,7 +575,7 @@ fn ingress(ctx: &TcContext) -> i32 {
     }
     // The FIB answer for the backend still holds (the source only changes
     // when it became the address the FIB itself chose).
-    forward(ctx, &mut fib, Some(rc))
+    forward(ctx, &mut fib, Some(rc), peer, ifindex)
 }
 
 #[inline(always)]

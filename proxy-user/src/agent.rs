@@ -117,7 +117,7 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                 e.node_ips.clone()
             };
             reconciler.set_external(Some(model.clone()));
-            Some(crate::external_dp::ExternalRuntime::open(&cfg.bpffs, model)?)
+            Some(crate::external_dp::ExternalRuntime::open(&cfg.bpffs, model, &e.attach.interfaces)?)
         }
         None => None,
     };

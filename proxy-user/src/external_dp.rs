@@ -28,7 +28,7 @@ use aya::{
 };
 use proxy_common::{
     external as names, CtEntry4, CtKey4, ExternalConfig as CfgValue, MaglevKey, NodePortBindKey, ServiceKey4,
-    ServiceValue, SourceRangeKey4, Backend4, LB_MAGLEV, LB_RANDOM, SCOPE_EXTERNAL, SOURCE_RANGE_ALLOW,
+    ServiceValue, SourceRangeKey4, Backend4, EXT_F_PEER_REDIRECT, LB_MAGLEV, LB_RANDOM, SCOPE_EXTERNAL, SOURCE_RANGE_ALLOW,
     SOURCE_RANGE_DENY,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -151,7 +151,7 @@ pub struct ExternalMaps {
 impl ExternalMaps {
     /// Opens the pinned maps and writes the node settings (turning the tc
     /// path on).
-    pub fn open(bpffs: &Path, cfg: &ExternalConfig) -> Result<Self> {
+    pub fn open(bpffs: &Path, cfg: &ExternalConfig, peer_redirect: bool) -> Result<Self> {
         use proxy_common::maps as base;
         let hash = |name: &'static str| -> Result<MapData> { pinned(bpffs, name) };
         let mut me = Self {
@@ -185,7 +185,7 @@ impl ExternalMaps {
             tcp_timeout: TCP_TIMEOUT_S,
             udp_timeout: UDP_TIMEOUT_S,
             enabled: 1,
-            _pad: 0,
+            flags: if peer_redirect { EXT_F_PEER_REDIRECT } else { 0 },
         };
         me.config.set(0, value, 0).map_err(|source| Error::Map { name: names::CONFIG, source })?;
         Ok(me)
@@ -377,6 +377,43 @@ pub fn netns_cookie() -> std::io::Result<u64> {
     }
 }
 
+/// Whether `ifname` (in this network namespace) is a veth, by its driver
+/// name (ETHTOOL_GDRVINFO; sysfs may show another namespace's devices).
+pub fn is_veth(ifname: &str) -> bool {
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 4 * 5],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    let bytes = ifname.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 32 * 4 + 12 + 4 * 5] };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut info, _pad: [0; 16] };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a datagram socket for the ioctl, closed below; the request
+    // points at live, correctly sized buffers.
+    let ok = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut req);
+        libc::close(fd);
+        rc == 0
+    };
+    ok && info.driver.split(|b| *b == 0).next() == Some(b"veth")
+}
+
 /// IPv4 addresses of the named interfaces (for NodePorts when `--node-ip`
 /// is not given).
 pub fn interface_ipv4s(interfaces: &[String]) -> std::io::Result<Vec<Ipv4Addr>> {
@@ -486,9 +523,12 @@ pub struct ExternalRuntime {
 }
 
 impl ExternalRuntime {
-    pub fn open(bpffs: &Path, cfg: ExternalConfig) -> Result<Self> {
-        let maps = ExternalMaps::open(bpffs, &cfg)?;
-        info!(node_ips = ?cfg.node_ips, nodeport_ips = ?cfg.nodeport_ips(), algorithm = ?cfg.lb_algorithm, "external datapath on");
+    /// `interfaces`: where the tc programs are attached (when every one is
+    /// a veth, packets bounced back out of one go straight to its peer).
+    pub fn open(bpffs: &Path, cfg: ExternalConfig, interfaces: &[String]) -> Result<Self> {
+        let peer_redirect = !interfaces.is_empty() && interfaces.iter().all(|i| is_veth(i));
+        let maps = ExternalMaps::open(bpffs, &cfg, peer_redirect)?;
+        info!(node_ips = ?cfg.node_ips, nodeport_ips = ?cfg.nodeport_ips(), algorithm = ?cfg.lb_algorithm, peer_redirect, "external datapath on");
         Ok(Self { cfg, maps, health: HealthServers::default(), warned: BTreeSet::new() })
     }
 

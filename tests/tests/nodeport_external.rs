@@ -125,6 +125,10 @@ fn start_agents(c: &mut Cluster, extra: &[&str]) {
             node.name,
             agent.stderr()
         );
+        // The nodes' eth0 are veths: replies and cross-node packets bounced
+        // back out of eth0 go to its peer directly (bpf_redirect_peer), so
+        // every test here runs that path.
+        assert!(agent.stderr().contains("peer_redirect=true"), "eth0 not seen as a veth: {}", agent.stderr());
         c.agents.push(agent);
     }
 }

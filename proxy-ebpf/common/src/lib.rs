@@ -230,8 +230,14 @@ pub struct ExternalConfig {
     pub udp_timeout: u32,
     /// 1 once the agent has written this entry.
     pub enabled: u32,
-    pub _pad: u32,
+    /// `EXT_F_*` bits.
+    pub flags: u32,
 }
+
+/// Every external interface is a veth: a packet leaving through the
+/// interface it came in on is handed straight to the ingress of the veth's
+/// peer (`bpf_redirect_peer`), skipping a pass through the CPU's backlog.
+pub const EXT_F_PEER_REDIRECT: u32 = 1 << 0;
 
 /// Direction of a conntrack entry.
 pub const CT_FORWARD: u8 = 0;
