@@ -82,6 +82,8 @@ pub struct EbpfDataplane {
     rnat4: HashMap<MapData, u32, RevNat4>,
     rnat6: HashMap<MapData, u32, RevNat6>,
     sizes: MapSizes,
+    /// The kernel takes batched map updates (until one is refused).
+    batch: bool,
 }
 
 /// Loads a cgroup sock_addr program and either swaps it into the link a
@@ -181,6 +183,7 @@ impl EbpfDataplane {
             rnat4: take_hash(&mut bpf, names::REVNAT4)?,
             rnat6: take_hash(&mut bpf, names::REVNAT6)?,
             sizes,
+            batch: true,
         })
     }
 
@@ -195,24 +198,12 @@ impl EbpfDataplane {
             rnat4: pinned_hash(bpffs, names::REVNAT4)?,
             rnat6: pinned_hash(bpffs, names::REVNAT6)?,
             sizes: MapSizes::default(),
+            batch: true,
         })
     }
 
     pub fn sizes(&self) -> MapSizes {
         self.sizes
-    }
-
-    fn write_slot(&mut self, key: &FrontendKey, slot: u16, value: &ServiceValue) -> Result<()> {
-        match key.addr {
-            IpAddr::V4(a) => self
-                .svc4
-                .insert(svc_key4(a, key, slot), value, 0)
-                .map_err(|source| Error::Map { name: names::SERVICES4, source }),
-            IpAddr::V6(a) => self
-                .svc6
-                .insert(svc_key6(a, key, slot), value, 0)
-                .map_err(|source| Error::Map { name: names::SERVICES6, source }),
-        }
     }
 
     fn delete_slot(&mut self, key: &FrontendKey, slot: u16) -> Result<()> {
@@ -269,63 +260,133 @@ fn slot_value(backend_id: u32) -> ServiceValue {
     ServiceValue { backend_id, ..Default::default() }
 }
 
+/// Map writes collected for one batch syscall.
+struct Writes<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+}
+
+impl<K, V> Default for Writes<K, V> {
+    fn default() -> Self {
+        Self { keys: Vec::new(), values: Vec::new() }
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> Writes<K, V> {
+    fn push(&mut self, k: K, v: V) {
+        self.keys.push(k);
+        self.values.push(v);
+    }
+
+    /// Writes everything into `map`: one BPF_MAP_UPDATE_BATCH while the
+    /// kernel takes them (`batch`), else one update per entry (and `batch`
+    /// turns off for good).
+    fn flush(self, map: &mut HashMap<MapData, K, V>, name: &'static str, batch: &mut bool) -> Result<()> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        if *batch {
+            use aya::maps::IterableMap as _;
+            match sys::map_update_batch(map.map().fd().as_fd(), &self.keys, &self.values) {
+                Ok(()) => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+                    warn!(map = name, error = %e, "batched map updates unavailable; writing entries one by one");
+                    *batch = false;
+                }
+                Err(io_error) => {
+                    return Err(Error::Map {
+                        name,
+                        source: MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_update_batch", io_error }),
+                    })
+                }
+            }
+        }
+        for (k, v) in self.keys.iter().zip(&self.values) {
+            map.insert(k, v, 0).map_err(|source| Error::Map { name, source })?;
+        }
+        Ok(())
+    }
+}
+
 impl Dataplane for EbpfDataplane {
     type Error = Error;
 
     fn apply(&mut self, diff: &Diff) -> Result<()> {
+        // Map writes go in batches (one syscall per map and phase), phase by
+        // phase: backends, then reverse-NAT entries, then the slots of every
+        // changed frontend, then their headers (which publish the counts),
+        // then the trims. Per frontend that is the order a reader needs: it
+        // never sees a count pointing past filled slots or at a missing
+        // backend.
+        let mut be4 = Writes::default();
+        let mut be6 = Writes::default();
         for (id, be) in &diff.backends_added {
             match be.addr {
-                IpAddr::V4(a) => {
-                    let v = Backend4 {
-                        addr: u32::from_ne_bytes(a.octets()),
-                        port: be.port.to_be(),
-                        proto: be.proto.number(),
-                        state: BACKEND_ACTIVE,
-                    };
-                    self.be4.insert(id, v, 0).map_err(|source| Error::Map { name: names::BACKENDS4, source })?;
-                }
-                IpAddr::V6(a) => {
-                    let v = Backend6 {
-                        addr: a.octets(),
-                        port: be.port.to_be(),
-                        proto: be.proto.number(),
-                        state: BACKEND_ACTIVE,
-                    };
-                    self.be6.insert(id, v, 0).map_err(|source| Error::Map { name: names::BACKENDS6, source })?;
-                }
+                IpAddr::V4(a) => be4.push(
+                    *id,
+                    Backend4 { addr: u32::from_ne_bytes(a.octets()), port: be.port.to_be(), proto: be.proto.number(), state: BACKEND_ACTIVE },
+                ),
+                IpAddr::V6(a) => be6.push(
+                    *id,
+                    Backend6 { addr: a.octets(), port: be.port.to_be(), proto: be.proto.number(), state: BACKEND_ACTIVE },
+                ),
             }
         }
+        be4.flush(&mut self.be4, names::BACKENDS4, &mut self.batch)?;
+        be6.flush(&mut self.be6, names::BACKENDS6, &mut self.batch)?;
+
+        let mut rnat4 = Writes::default();
+        let mut rnat6 = Writes::default();
+        let (mut slots4, mut slots6) = (Writes::default(), Writes::default());
+        let (mut heads4, mut heads6) = (Writes::default(), Writes::default());
         for change in &diff.frontends_changed {
             let key = &change.key;
             if change.old.as_ref().is_none_or(|o| o.revnat_id != change.new.revnat_id) {
                 match key.addr {
-                    IpAddr::V4(a) => self
-                        .rnat4
-                        .insert(
-                            change.new.revnat_id,
-                            RevNat4 { addr: u32::from_ne_bytes(a.octets()), port: key.port.to_be(), _pad: 0 },
-                            0,
-                        )
-                        .map_err(|source| Error::Map { name: names::REVNAT4, source })?,
-                    IpAddr::V6(a) => self
-                        .rnat6
-                        .insert(change.new.revnat_id, RevNat6 { addr: a.octets(), port: key.port.to_be(), _pad: 0 }, 0)
-                        .map_err(|source| Error::Map { name: names::REVNAT6, source })?,
+                    IpAddr::V4(a) => rnat4.push(
+                        change.new.revnat_id,
+                        RevNat4 { addr: u32::from_ne_bytes(a.octets()), port: key.port.to_be(), _pad: 0 },
+                    ),
+                    IpAddr::V6(a) => {
+                        rnat6.push(change.new.revnat_id, RevNat6 { addr: a.octets(), port: key.port.to_be(), _pad: 0 })
+                    }
                 }
             }
             let old_slots = change.old.as_ref().map_or(&[][..], |o| &o.slots[..]);
-            // Fill slots first, then publish the count, then trim: a reader
-            // never sees a count pointing past the filled slots.
-            for (i, id) in change.new.slots.iter().enumerate() {
-                if old_slots.get(i) != Some(id) {
-                    self.write_slot(key, (i + 1) as u16, &slot_value(*id))?;
+            let head = change.old.as_ref().is_none_or(|o| frontend_value(o) != frontend_value(&change.new));
+            match key.addr {
+                IpAddr::V4(a) => {
+                    for (i, id) in change.new.slots.iter().enumerate() {
+                        if old_slots.get(i) != Some(id) {
+                            slots4.push(svc_key4(a, key, (i + 1) as u16), slot_value(*id));
+                        }
+                    }
+                    if head {
+                        heads4.push(svc_key4(a, key, 0), frontend_value(&change.new));
+                    }
+                }
+                IpAddr::V6(a) => {
+                    for (i, id) in change.new.slots.iter().enumerate() {
+                        if old_slots.get(i) != Some(id) {
+                            slots6.push(svc_key6(a, key, (i + 1) as u16), slot_value(*id));
+                        }
+                    }
+                    if head {
+                        heads6.push(svc_key6(a, key, 0), frontend_value(&change.new));
+                    }
                 }
             }
-            if change.old.as_ref().is_none_or(|o| frontend_value(o) != frontend_value(&change.new)) {
-                self.write_slot(key, 0, &frontend_value(&change.new))?;
-            }
+        }
+        rnat4.flush(&mut self.rnat4, names::REVNAT4, &mut self.batch)?;
+        rnat6.flush(&mut self.rnat6, names::REVNAT6, &mut self.batch)?;
+        slots4.flush(&mut self.svc4, names::SERVICES4, &mut self.batch)?;
+        slots6.flush(&mut self.svc6, names::SERVICES6, &mut self.batch)?;
+        heads4.flush(&mut self.svc4, names::SERVICES4, &mut self.batch)?;
+        heads6.flush(&mut self.svc6, names::SERVICES6, &mut self.batch)?;
+        for change in &diff.frontends_changed {
+            let old_slots = change.old.as_ref().map_or(&[][..], |o| &o.slots[..]);
             for i in change.new.slots.len()..old_slots.len() {
-                self.delete_slot(key, (i + 1) as u16)?;
+                self.delete_slot(&change.key, (i + 1) as u16)?;
             }
         }
         for (key, old) in &diff.frontends_removed {

@@ -98,7 +98,9 @@ impl<D: Dataplane> Reconciler<D> {
         }
         self.invalid = computed.warning_count;
         let desired = computed.state;
+        let translated = start.elapsed();
         let diff = self.planner.plan_changed(&desired, &computed.changed);
+        let planned = start.elapsed();
         let mut stats = Stats {
             frontends: desired.frontends.len(),
             entry_writes: diff.entry_writes(),
@@ -117,6 +119,7 @@ impl<D: Dataplane> Reconciler<D> {
                 return Err(e);
             }
         }
+        let applied = start.elapsed();
         self.planner.commit(&diff, desired);
         if !diff.is_empty() {
             if let Some(hook) = self.after_apply.as_mut() {
@@ -136,6 +139,9 @@ impl<D: Dataplane> Reconciler<D> {
                 changed = stats.changed_frontends,
                 writes = stats.entry_writes,
                 micros = stats.micros as u64,
+                translate_us = translated.as_micros() as u64,
+                plan_us = (planned - translated).as_micros() as u64,
+                write_us = (applied - planned).as_micros() as u64,
                 "dataplane synced"
             );
         } else {
