@@ -34,6 +34,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if args.only.as_deref().is_none_or(|g| g == *group) {
             if let Err(e) = util::run(util::cargo().args(["build", "--release", "-p", package])) {
                 println!("xtask: {package} did not build ({e:#}); its benchmark will say skipped");
+            } else if *package == "sluice-cni" {
+                if let Err(e) = util::link_cni_static(true) {
+                    println!("xtask: static link of sluice-cni failed ({e:#}); benchmarking the dynamic one");
+                }
             }
         }
     }

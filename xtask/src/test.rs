@@ -29,6 +29,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 fn build_and_test(args: &TestArgs) -> anyhow::Result<()> {
     // proxy-ebpf targets bpfel-unknown-none; proxy-user builds it from its build script.
     util::run(util::cargo().args(["build", "--workspace", "--exclude", "proxy-ebpf", "--bins"]))?;
+    // The tests run the plugin as it is benchmarked and shipped.
+    util::link_cni_static(false)?;
     let debug = util::target_dir()?.join("debug");
     let mut env = Vec::new();
     for bin in BINARIES {

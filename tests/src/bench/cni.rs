@@ -4,6 +4,12 @@
 //! the CNI environment and its configuration on stdin, one fresh pod
 //! namespace per ADD. The variants alternate pod by pod so both see the same
 //! machine; each sample is the plugin's wall time from spawn to exit.
+//!
+//! Pod-to-pod iperf3 across two nodes through the overlay `sluice-cni
+//! daemon` sets up, VXLAN and host-gw, against the underlay itself (`direct`:
+//! iperf3 between the two nodes' own addresses, the limit of any overlay).
+//! Two clusters of two nodes share one underlay; the daemons read Node
+//! manifests, pods are added with the conflist each daemon wrote.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -12,16 +18,26 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use serde_json::json;
 
+use super::lab::{pinned, IPERF_PORT};
 use super::stats::Row;
+use super::throughput::{measure_variants, streams_name, Iperf};
 use super::{Args, Plan, Progress};
 use crate::cni::{invoke, PodNetns};
-use crate::Topology;
+use crate::{Node, Proc, Topology};
 
 const GROUP: &str = "cni";
 const REFERENCE: &str = "/usr/lib/cni";
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn run(plan: &Plan, progress: &Progress, cni_bin: Option<PathBuf>, args: &Args) -> anyhow::Result<Vec<Row>> {
+    let mut rows = add_latency(plan, progress, cni_bin.clone(), args)?;
+    if let Some(bin) = cni_bin {
+        rows.extend(overlay_throughput(plan, progress, &bin, args)?);
+    }
+    Ok(rows)
+}
+
+fn add_latency(plan: &Plan, progress: &Progress, cni_bin: Option<PathBuf>, args: &Args) -> anyhow::Result<Vec<Row>> {
     let name = "CNI ADD latency";
     let Some(bin) = cni_bin else {
         let note = "skipped: not built (sluice-cni not found next to sluice-bench)";
@@ -91,5 +107,148 @@ pub fn run(plan: &Plan, progress: &Progress, cni_bin: Option<PathBuf>, args: &Ar
             .with_note(format!("{:.2}x bridge + host-local ({r_ref:.0}/s)", r_ours / r_ref)),
     );
     rows.push(Row::new(GROUP, "CNI ADDs per second (sequential)", "bridge+host-local", "ADD/s", vec![r_ref]));
+    Ok(rows)
+}
+
+const OVERLAY_ORDER: [&str; 4] = ["direct", "sluice-vxlan", "sluice-host-gw", "direct-aa"];
+
+/// One node of an overlay cluster: its daemon and the pod added to it.
+struct OverlayNode {
+    node: Node,
+    pod_netns: String,
+    pod_ip: String,
+    _daemon: Proc,
+}
+
+/// Builds a two-node cluster whose daemons run `backend`; nodes `{tag}a`
+/// and `{tag}b` at 192.0.2.`first` and `first + 1`, pod CIDRs 198.18.`subnet`.0/24
+/// and the next.
+fn overlay_cluster(
+    topo: &mut Topology,
+    pods: &mut PodNetns,
+    bin: &Path,
+    backend: &str,
+    tag: &str,
+    first: u8,
+    subnet: u8,
+) -> anyhow::Result<[OverlayNode; 2]> {
+    let manifests = topo.scratch(&format!("nodes-{tag}"));
+    let mut nodes = Vec::new();
+    for k in 0..2u8 {
+        let name = format!("{tag}{}", char::from(b'a' + k));
+        let addr = Ipv4Addr::new(192, 0, 2, first + k);
+        let cidr = format!("198.18.{}.0/24", subnet + k);
+        std::fs::write(
+            manifests.join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}, podCIDRs: [{cidr}]}}\n\
+                 status: {{addresses: [{{type: InternalIP, address: {addr}}}]}}\n"
+            ),
+        )?;
+        nodes.push((topo.add_node(&name, addr), name));
+    }
+    let mut out = Vec::new();
+    for (node, name) in nodes {
+        let (conf_dir, state_dir, ipam_dir) =
+            (topo.scratch(&format!("{name}-net.d")), topo.scratch(&format!("{name}-run")), topo.scratch(&format!("{name}-ipam")));
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["daemon", "--backend", backend, "--node-name", &name, "--cluster-cidr", "198.18.0.0/16"])
+            .arg("--manifests")
+            .arg(&manifests)
+            .arg("--cni-conf-dir")
+            .arg(&conf_dir)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--ipam-dir")
+            .arg(&ipam_dir)
+            .env("RUST_LOG", "warn");
+        let daemon = topo.spawn_in_node(&node, cmd);
+        let conflist = conf_dir.join("10-sluice.conflist");
+        let deadline = Instant::now() + TIMEOUT;
+        while !(state_dir.join("subnet.json").exists() && conflist.exists()) {
+            ensure!(daemon.try_wait().is_none(), "daemon on {name} exited: {}", daemon.stderr());
+            ensure!(Instant::now() < deadline, "daemon on {name} did not publish its subnet: {}", daemon.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The conflist's first plugin, as a runtime hands it over.
+        let list: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist)?)?;
+        let mut conf = list["plugins"][0].clone();
+        conf["name"] = list["name"].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        let pod_netns = pods.add(&format!("{}-p{name}", topo.id()));
+        let netns_path = format!("/run/netns/{pod_netns}");
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", name.as_str()),
+            ("CNI_NETNS", netns_path.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ];
+        let added = invoke(bin, &node.netns, &env, &conf.to_string(), TIMEOUT);
+        ensure!(added.ok, "ADD on {name}: {} {}", added.stdout, added.stderr);
+        let pod_ip = added.json()["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("ADD on {name} returned no address: {}", added.stdout))?;
+        out.push(OverlayNode { node, pod_netns, pod_ip, _daemon: daemon });
+    }
+    let [a, b]: [OverlayNode; 2] = out.try_into().map_err(|_| anyhow::anyhow!("two nodes"))?;
+    Ok([a, b])
+}
+
+/// An iperf3 server in `netns` on CPU 1 (the clients run on CPU 0).
+fn iperf_server(topo: &Topology, netns: &str) -> anyhow::Result<Proc> {
+    let cmd = pinned(1, Path::new("iperf3"), &["-s", "-p", &IPERF_PORT.to_string(), "--forceflush"]);
+    let p = topo.spawn_in_netns(netns, None, cmd);
+    ensure!(p.wait_for_stdout("listening", Duration::from_secs(10)), "iperf3 server in {netns}: {}", p.stderr());
+    Ok(p)
+}
+
+fn overlay_throughput(plan: &Plan, progress: &Progress, bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
+    progress.say("building two 2-node clusters on one underlay: sluice-cni daemon with VXLAN and with host-gw");
+    let mut topo = Topology::new();
+    super::note_topology(args, topo.id());
+    let mut pods = PodNetns::new();
+    let vxlan = overlay_cluster(&mut topo, &mut pods, bin, "vxlan", "cv", 70, 70)?;
+    let hostgw = overlay_cluster(&mut topo, &mut pods, bin, "host-gw", "cg", 72, 72)?;
+    let _servers = [
+        iperf_server(&topo, &vxlan[1].node.netns)?,
+        iperf_server(&topo, &vxlan[1].pod_netns)?,
+        iperf_server(&topo, &hostgw[1].pod_netns)?,
+    ];
+    // (client netns, server address) per variant.
+    let target = |v: &str| -> (&str, String) {
+        match v {
+            "sluice-vxlan" => (&vxlan[0].pod_netns, vxlan[1].pod_ip.clone()),
+            "sluice-host-gw" => (&hostgw[0].pod_netns, hostgw[1].pod_ip.clone()),
+            _ => (&vxlan[0].node.netns, vxlan[1].node.underlay.to_string()),
+        }
+    };
+    // One short transfer per path: neighbours resolved, a broken path fails here.
+    for v in &OVERLAY_ORDER[..3] {
+        let (netns, host) = target(v);
+        let warm = Iperf::new(&host, IPERF_PORT, 1, 1);
+        warm.run(|a, t| Ok(topo.run_in_netns(netns, None, pinned(0, Path::new("iperf3"), a), t)))
+            .map_err(|e| anyhow::anyhow!("warm-up of {v} ({netns} -> {host}): {e:#}"))?;
+    }
+    let mut rows = Vec::new();
+    for streams in [1u32, 4] {
+        let name = format!("iperf3 pod-to-pod cross-node {}", streams_name(streams));
+        let rounds = measure_variants(plan, progress, &name, &OVERLAY_ORDER, |v| {
+            let (netns, host) = target(v);
+            let spec = Iperf::new(&host, IPERF_PORT, streams, plan.iperf_secs);
+            spec.run(|a, t| Ok(topo.run_in_netns(netns, None, pinned(0, Path::new("iperf3"), a), t)))
+        });
+        rows.extend(rounds.rows(GROUP, &name, "Gbit/s").into_iter().map(|r| {
+            let note = match r.variant.as_str() {
+                "direct" => "the underlay: node to node, no overlay",
+                "sluice-vxlan" => "pod to pod over the VXLAN device (pod MTU 1450)",
+                "sluice-host-gw" => "pod to pod over host-gw routes (pod MTU 1500)",
+                _ => "a second underlay run: the noise floor",
+            };
+            r.with_note(note)
+        }));
+    }
     Ok(rows)
 }

@@ -170,7 +170,7 @@ pub fn run_ok_in_netns(netns: &str, cmd: Command, limit: Duration) -> anyhow::Re
     Ok(t)
 }
 
-fn pinned(cpu: u32, program: &Path, args: &[&str]) -> Command {
+pub(super) fn pinned(cpu: u32, program: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("taskset");
     c.arg("-c").arg(cpu.to_string()).arg(program).args(args);
     c

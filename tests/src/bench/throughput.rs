@@ -47,7 +47,7 @@ fn variant(name: &str) -> Variant {
     }
 }
 
-fn streams_name(streams: u32) -> String {
+pub(super) fn streams_name(streams: u32) -> String {
     format!("{streams} stream{}", if streams > 1 { "s" } else { "" })
 }
 
@@ -121,16 +121,27 @@ fn node_port(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args:
     Ok(rows)
 }
 
-/// `plan.rounds` rounds of one run per entry of [`ORDER`], rotated so no
-/// variant always runs first; a failed run is logged and counts as NaN.
+/// [`measure_variants`] over [`ORDER`].
 fn measure(plan: &Plan, progress: &Progress, name: &str, mut run: impl FnMut(Variant) -> anyhow::Result<f64>) -> Rounds {
-    let mut rounds = Rounds::new(&ORDER);
+    measure_variants(plan, progress, name, &ORDER, |v| run(variant(v)))
+}
+
+/// `plan.rounds` rounds of one run per entry of `order`, rotated so no
+/// variant always runs first; a failed run is logged and counts as NaN.
+pub(super) fn measure_variants(
+    plan: &Plan,
+    progress: &Progress,
+    name: &str,
+    order: &[&str],
+    mut run: impl FnMut(&str) -> anyhow::Result<f64>,
+) -> Rounds {
+    let mut rounds = Rounds::new(order);
     for r in 0..plan.rounds {
-        let mut values = vec![f64::NAN; ORDER.len()];
-        for k in 0..ORDER.len() {
-            let idx = (k + r) % ORDER.len();
-            values[idx] = run(variant(ORDER[idx])).unwrap_or_else(|e| {
-                progress.say(format!("  {name} {}: {e:#}", ORDER[idx]));
+        let mut values = vec![f64::NAN; order.len()];
+        for k in 0..order.len() {
+            let idx = (k + r) % order.len();
+            values[idx] = run(order[idx]).unwrap_or_else(|e| {
+                progress.say(format!("  {name} {}: {e:#}", order[idx]));
                 f64::NAN
             });
         }
@@ -138,7 +149,7 @@ fn measure(plan: &Plan, progress: &Progress, name: &str, mut run: impl FnMut(Var
             "  {name} round {}/{}: {}",
             r + 1,
             plan.rounds,
-            ORDER
+            order
                 .iter()
                 .zip(&values)
                 .map(|(v, x)| format!("{v} {x:.2}"))
@@ -151,7 +162,7 @@ fn measure(plan: &Plan, progress: &Progress, name: &str, mut run: impl FnMut(Var
 }
 
 /// One iperf3 client run.
-struct Iperf<'a> {
+pub(super) struct Iperf<'a> {
     host: &'a str,
     port: u16,
     streams: u32,
@@ -161,7 +172,7 @@ struct Iperf<'a> {
 }
 
 impl<'a> Iperf<'a> {
-    fn new(host: &'a str, port: u16, streams: u32, secs: u64) -> Self {
+    pub(super) fn new(host: &'a str, port: u16, streams: u32, secs: u64) -> Self {
         Iperf {
             host,
             port,
@@ -193,7 +204,7 @@ impl<'a> Iperf<'a> {
     }
 
     /// Runs it with `runner(args, time limit)`; Gbit/s received.
-    fn run(&self, runner: impl FnOnce(&[&str], Duration) -> anyhow::Result<Output>) -> anyhow::Result<f64> {
+    pub(super) fn run(&self, runner: impl FnOnce(&[&str], Duration) -> anyhow::Result<Output>) -> anyhow::Result<f64> {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.gbps(&runner(&args, self.timeout())?)
