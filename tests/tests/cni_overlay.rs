@@ -60,24 +60,73 @@ fn add_pod(c: &Cluster, ns: &mut PodNetns, i: usize, name: &str) -> (String, Str
 }
 
 /// A 2 MB iperf3 transfer from pod netns `client` to `server_ip` in pod netns
-/// `server`: it completes, its MSS is what the pod MTU allows (MTU - 40,
-/// less 12 bytes of TCP timestamps: nothing on the path clamps it), and no
-/// smaller path MTU is learnt on the way.
+/// `server`: it completes, both ends of each handshake advertise the full MSS
+/// of the pod MTU (MTU - 40, seen in the client pod after crossing the path:
+/// nothing clamps it), the live connections run at that MSS (`ss -tni`), and
+/// no smaller path MTU is learnt on the way.
+///
+/// Two figures, both right: the MSS option on the SYN and SYN/ACK is MTU - 40
+/// (1410 over VXLAN, 1460 host-gw); what `ss -tni` shows as `mss:` (and
+/// iperf3 as `tcp_mss_default`, from TCP_MAXSEG) is the sender's effective
+/// segment size, 12 bytes less because Linux negotiates TCP timestamps by
+/// default (1398 / 1448), next to `pmtu:` = the pod MTU.
 fn full_mss_transfer(c: &Cluster, client: &str, server: &str, server_ip: &str, mtu: u64) {
+    let (syn_mss, eff_mss) = (mtu - 40, mtu - 40 - 12);
     let mut srv = Command::new("iperf3");
     srv.args(["-s", "-1", "-p", "5201", "--forceflush"]);
     let srv = c.topo.spawn_in_netns(server, None, srv);
     assert!(srv.wait_for_stdout("listening", T), "iperf3 server in {server}: {}", srv.stderr());
+    // The handshakes (iperf3's control and data connections: 2 SYNs, 2 SYN/ACKs).
+    let mut dump = Command::new("tcpdump");
+    dump.args(["-l", "-nn", "-v", "-c", "4", "-i", "eth0"])
+        .arg(format!("host {server_ip} and tcp port 5201 and tcp[tcpflags] & tcp-syn != 0"));
+    let dump = c.topo.spawn_in_netns(client, None, dump);
+    assert!(dump.wait_for_stderr("listening on", T), "tcpdump in {client}: {}", dump.stderr());
+    // Paced to about a second (2 MB at 16 Mbit/s) so `ss` sees the connections up.
     let mut cli = Command::new("iperf3");
-    cli.args(["-c", server_ip, "-p", "5201", "-n", "2M", "-J"]);
-    let out = c.topo.run_in_netns(client, None, cli, T);
+    cli.args(["-c", server_ip, "-p", "5201", "-n", "2M", "-b", "16M", "-J"]);
+    let cli = c.topo.spawn_in_netns(client, None, cli);
+    let mut seen = None;
+    for _ in 0..40 {
+        let mut ss = Command::new("ss");
+        ss.args(["-tni", "state", "established", "dst", server_ip, "dport", "=", ":5201"]);
+        let text = String::from_utf8_lossy(&c.topo.run_in_netns(client, None, ss, T).stdout).into_owned();
+        // One info line (indented, after its socket line) per connection.
+        let infos: Vec<Vec<String>> = text
+            .lines()
+            .filter(|l| l.starts_with(char::is_whitespace) && l.contains(" mss:"))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect();
+        if !infos.is_empty() {
+            seen = Some((text, infos));
+            break;
+        }
+        if cli.try_wait().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ss_text, infos) = seen.unwrap_or_else(|| panic!("ss never showed {client} -> {server_ip}:5201 established"));
+    for info in &infos {
+        assert!(info.contains(&format!("mss:{eff_mss}")), "ss -tni in {client}: want mss:{eff_mss} (MTU {mtu} - 40 - 12 timestamps):\n{ss_text}");
+        assert!(info.contains(&format!("pmtu:{mtu}")), "ss -tni in {client}: want pmtu:{mtu}:\n{ss_text}");
+    }
+    let out = cli.wait_output(T);
     let text = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 output ({e}): {text}"));
     assert!(json.get("error").is_none(), "iperf3 {client} -> {server_ip}: {text}");
-    assert_eq!(json["start"]["tcp_mss_default"].as_u64(), Some(mtu - 40 - 12), "MSS {client} -> {server_ip}");
+    assert_eq!(json["start"]["tcp_mss_default"].as_u64(), Some(eff_mss), "MSS {client} -> {server_ip}");
     // (The receiver's count in the client's report can stop short of a
     // transfer this short: iperf3 ends its interval at TEST_END.)
     assert!(out.status.success() && json["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0) >= 2 << 20, "transfer incomplete: {text}");
+    // tcpdump has its 4 packets by now; the bound only matters on failure.
+    let dump = dump.wait_output(std::time::Duration::from_secs(3));
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    let option = format!("mss {syn_mss},");
+    let (syns, synacks): (Vec<&str>, Vec<&str>) =
+        dump.lines().filter(|l| l.contains("Flags [S")).partition(|l| l.contains("Flags [S]"));
+    assert!(!syns.is_empty() && !synacks.is_empty(), "no SYN or SYN/ACK captured in {client}:\n{dump}");
+    assert!(syns.iter().chain(&synacks).all(|l| l.contains(&option)), "want the MSS option {syn_mss} both ways:\n{dump}");
     let route = ip(client, &["route", "get", server_ip]);
     assert!(!route.contains(" mtu "), "a smaller path MTU was learnt: {route}");
 }
@@ -85,12 +134,13 @@ fn full_mss_transfer(c: &Cluster, client: &str, server: &str, server_ip: &str, m
 /// A pod reaches itself through a Service-style DNAT on its node, as with
 /// kube-proxy's iptables mode when a pod calls its own Service (hairpin):
 /// out of its veth, DNATed back to itself, masqueraded (so the reply also
-/// goes through the node and is translated back).
+/// goes through the node and is translated back). The rules' counters show
+/// the connection did take that path.
 fn hairpin(c: &Cluster, node: usize, pod: &str, pod_ip: &str) {
     let rules = format!(
         "table ip hairpin {{\n\
-           chain pre {{ type nat hook prerouting priority dstnat; ip daddr 198.51.100.10 tcp dport 80 dnat to {pod_ip}:8080; }}\n\
-           chain post {{ type nat hook postrouting priority srcnat; ip saddr {pod_ip} ip daddr {pod_ip} masquerade; }}\n\
+           chain pre {{ type nat hook prerouting priority dstnat; ip daddr 198.51.100.10 tcp dport 80 counter dnat to {pod_ip}:8080; }}\n\
+           chain post {{ type nat hook postrouting priority srcnat; ip saddr {pod_ip} ip daddr {pod_ip} counter masquerade; }}\n\
          }}\n"
     );
     let file = c.topo.scratch("hairpin").join("rules.nft");
@@ -107,7 +157,16 @@ fn hairpin(c: &Cluster, node: usize, pod: &str, pod_ip: &str) {
     cli.args(["-c", "198.51.100.10", "-p", "80", "-n", "100K", "-J"]);
     let out = c.topo.run_in_netns(pod, None, cli, T);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && !text.contains("\"error\""), "hairpin {pod} -> 198.51.100.10:80 -> itself: {text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 output ({e}): {text}"));
+    assert!(
+        out.status.success() && json.get("error").is_none() && json["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0) >= 100 << 10,
+        "hairpin {pod} -> 198.51.100.10:80 -> itself: {text}"
+    );
+    let mut list = Command::new("nft");
+    list.args(["list", "table", "ip", "hairpin"]);
+    let listed = String::from_utf8_lossy(&c.topo.run_in_node(&c.nodes[node].0, list, T).stdout).into_owned();
+    let hits = listed.lines().filter(|l| l.contains("counter packets") && !l.contains("counter packets 0 ")).count();
+    assert_eq!(hits, 2, "both the DNAT and the masquerade rule matched:\n{listed}");
 }
 
 #[test]
