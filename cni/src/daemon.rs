@@ -24,6 +24,7 @@ use sluice_k8s::Snapshot;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::hostrouting::HostRouting;
 use crate::model::{self, Backend, Desired, Via};
 use crate::nl::{self, Netlink, NlError};
 use crate::subnet::{write_atomic, NodeSubnet};
@@ -75,9 +76,27 @@ pub struct Args {
     /// Leave pod traffic's source address alone.
     #[arg(long)]
     pub no_masquerade: bool,
+    /// `ebpf`: pod-to-pod IPv4 traffic skips the node's forwarding path and
+    /// netfilter (tc programs on the pod veths, the VXLAN device and the
+    /// underlay). Opt-in: conntrack NAT of pod traffic (kube-proxy's
+    /// iptables/nftables ClusterIP DNAT) is not undone on such replies, so use
+    /// it where services are load-balanced at the socket (sluice-proxy).
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub host_routing: HostRoutingMode,
+    /// bpffs directory for `--host-routing ebpf` (mounted if it is not one).
+    #[arg(long, default_value = "/sys/fs/bpf/sluice-cni")]
+    pub bpffs: PathBuf,
     /// Full reconcile period even without changes.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub resync: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostRoutingMode {
+    /// The kernel's IP forwarding, as flannel does.
+    Kernel,
+    /// eBPF: FIB lookup and redirect at tc, straight into the pod's namespace.
+    Ebpf,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -99,6 +118,8 @@ pub enum Error {
     Source(String),
     #[error("underlay: {0}")]
     Underlay(String),
+    #[error(transparent)]
+    HostRouting(#[from] crate::hostrouting::Error),
     #[error("nftables: {0}")]
     Nft(String),
     #[error("writing {path}: {source}")]
@@ -139,11 +160,12 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut last_error = false;
+    let mut host_routing = (args.host_routing == HostRoutingMode::Ebpf).then(|| HostRouting::new(args.bpffs.clone()));
     info!(node = %args.node_name, backend = args.backend.as_str(), "sluice-cni daemon started");
     loop {
         let snap = rx.borrow_and_update().clone();
         if snap.synced {
-            match reconcile(&args, &mut nl, &snap) {
+            match reconcile(&args, &mut nl, &snap, host_routing.as_mut()) {
                 Ok(()) => last_error = false,
                 Err(e) => {
                     warn!(error = %e, "reconcile failed; retrying");
@@ -167,6 +189,7 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
 /// The underlay: the link holding this node's address, the address's prefix, the link's MTU.
 struct Underlay {
     index: u32,
+    name: String,
     net: IpNetwork,
     mtu: u32,
 }
@@ -176,7 +199,8 @@ fn find_underlay(nl: &mut Netlink, ip: Ipv4Addr) -> Result<Underlay> {
         let addrs = nl.addrs(link.header.index)?;
         if let Some((_, prefix)) = addrs.iter().find(|(a, _)| *a == IpAddr::V4(ip)) {
             let net = IpNetwork::new(IpAddr::V4(ip), *prefix).map_err(|e| Error::Underlay(e.to_string()))?;
-            return Ok(Underlay { index: link.header.index, net, mtu: nl::link_mtu(&link).unwrap_or(1500) });
+            let name = nl::link_name(&link).unwrap_or_default().to_owned();
+            return Ok(Underlay { index: link.header.index, name, net, mtu: nl::link_mtu(&link).unwrap_or(1500) });
         }
     }
     Err(Error::Underlay(format!("no local interface holds this node's address {ip}")))
@@ -184,7 +208,7 @@ fn find_underlay(nl: &mut Netlink, ip: Ipv4Addr) -> Result<Underlay> {
 
 /// One full pass: kernel state, masquerade, then the files (published last,
 /// so STATUS turns ready only once the node can actually carry pod traffic).
-pub fn reconcile(args: &Args, nl: &mut Netlink, snap: &Snapshot) -> Result<()> {
+pub fn reconcile(args: &Args, nl: &mut Netlink, snap: &Snapshot, host_routing: Option<&mut HostRouting>) -> Result<()> {
     let self_ip = snap
         .nodes
         .get(&args.node_name)
@@ -212,6 +236,16 @@ pub fn reconcile(args: &Args, nl: &mut Netlink, snap: &Snapshot) -> Result<()> {
         sync_neighbours(nl, &desired, index)?;
         sync_fdb(nl, &desired, index)?;
     }
+    let host_routing = match host_routing {
+        Some(hr) => {
+            let mut interfaces = vec![(underlay.name.clone(), underlay.index)];
+            if let Some(index) = vxlan {
+                interfaces.push((args.vxlan_device.clone(), index));
+            }
+            Some(hr.ensure(&args.cluster_cidrs, &desired.local.pod_cidrs, &interfaces)?)
+        }
+        None => None,
+    };
     if !args.no_masquerade {
         masquerade(&desired.local.pod_cidrs, &args.cluster_cidrs)?;
     }
@@ -223,6 +257,7 @@ pub fn reconcile(args: &Args, nl: &mut Netlink, snap: &Snapshot) -> Result<()> {
         mtu,
         backend: args.backend.as_str().to_owned(),
         ready: true,
+        host_routing,
     };
     let subnet_path = args.state_dir.join("subnet.json");
     if NodeSubnet::read(&subnet_path).ok().flatten().as_ref() != Some(&subnet) {

@@ -4,6 +4,8 @@
 //! The binary is thin: [`plugin::main_from_env`] when `CNI_COMMAND` is set,
 //! [`daemon::run`] for `sluice-cni daemon`.
 
+pub mod bpf;
+pub mod hostrouting;
 pub mod ipam;
 pub mod logging;
 pub mod nl;

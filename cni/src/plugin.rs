@@ -275,7 +275,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<AddResult> {
     }
     let mut host = Netlink::new().map_err(|e| internal(&e))?;
     let owner = Attachment { container_id: env.container_id.clone(), ifname: env.ifname.clone() };
-    let subnet = if conf.mtu.is_none() { node_subnet(conf).ok().flatten() } else { None };
+    let subnet = node_subnet(conf).ok().flatten();
     let alloc = allocate(env, conf, stdin, &owner)?;
     let mtu = conf
         .mtu
@@ -284,7 +284,10 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<AddResult> {
         .unwrap_or(1500);
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
     match plumb(&mut host, &mut pod, &netns, env, &host_veth, &alloc.ips, mtu) {
-        Ok(mac) => {
+        Ok((mac, host_if)) => {
+            if let Some(pin) = subnet.as_ref().and_then(|s| s.host_routing.as_deref()) {
+                host_routing(&mut host, pin, host_if, mac, &alloc.ips);
+            }
             info!(container = %env.container_id, ifname = %env.ifname, ips = ?alloc.ips, %host_veth, mtu, "pod attached");
             Ok(result(env, &host_veth, mac, mtu, &alloc.ips, alloc.dns.clone(), conf))
         }
@@ -345,7 +348,7 @@ fn plumb(
     host_veth: &str,
     ips: &[IpNetwork],
     mtu: u32,
-) -> Result<[u8; 6]> {
+) -> Result<([u8; 6], u32)> {
     use std::os::fd::AsRawFd as _;
     let mac = pod_mac(ips);
     let peer = LinkMessageBuilderExt::pod_end(&env.ifname, mac, mtu, netns.as_raw_fd());
@@ -439,7 +442,22 @@ fn plumb(
             }
         }
     }
-    Ok(mac)
+    Ok((mac, host_if))
+}
+
+/// `--host-routing ebpf` on the daemon: the pod's packets go through the
+/// pinned `slc_from_pod` program, and the host knows the pod's MAC from the
+/// start (the programs' FIB lookups then succeed from the first packet).
+/// Failing here costs speed, not connectivity: the kernel path still works.
+fn host_routing(host: &mut Netlink, pin: &Path, host_if: u32, mac: [u8; 6], ips: &[IpNetwork]) {
+    for ip in ips {
+        if let Err(e) = host.neigh_replace(host_if, ip.ip(), mac) {
+            warn!(error = %e, %ip, "host routing: cannot add the pod's neighbour entry");
+        }
+    }
+    if let Err(e) = crate::bpf::attach_tcx_ingress(pin, host_if) {
+        warn!(error = %e, pin = %pin.display(), "host routing: cannot attach; this pod's traffic takes the kernel path");
+    }
 }
 
 /// The pod end of the veth: created straight in the pod namespace under its
@@ -709,6 +727,7 @@ mod tests {
             mtu: 1450,
             backend: "vxlan".into(),
             ready: true,
+            host_routing: None,
         };
         s.write(&file).unwrap();
         assert!(run(&env, &status_conf(&file)).is_ok());

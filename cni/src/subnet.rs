@@ -24,6 +24,10 @@ pub struct NodeSubnet {
     /// peers may not be reachable): STATUS answers 51 then.
     #[serde(default = "yes")]
     pub ready: bool,
+    /// `--host-routing ebpf`: the pinned program the plugin attaches to each
+    /// new pod's host veth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_routing: Option<std::path::PathBuf>,
 }
 
 fn yes() -> bool {

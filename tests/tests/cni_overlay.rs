@@ -20,8 +20,9 @@ struct Cluster {
 
 /// `specs`: (name, underlay address, prefix length, pod CIDR). Nodes on a
 /// shorter-than-/24 prefix still reach each other through an on-link /24 route,
-/// so "another subnet" differs only in what the daemon sees.
-fn cluster(specs: &[(&str, Ipv4Addr, u8, &str)], backend: &str) -> Cluster {
+/// so "another subnet" differs only in what the daemon sees. `ebpf`: the
+/// daemons run with `--host-routing ebpf`.
+fn cluster(specs: &[(&str, Ipv4Addr, u8, &str)], backend: &str, ebpf: bool) -> Cluster {
     let mut topo = Topology::new();
     let manifests = topo.scratch("manifests");
     let mut nodes = Vec::new();
@@ -38,7 +39,12 @@ fn cluster(specs: &[(&str, Ipv4Addr, u8, &str)], backend: &str) -> Cluster {
     }
     let mut daemons = Vec::new();
     for (node, dirs, _) in &nodes {
-        daemons.push(start_daemon(&topo, node, backend, &manifests, dirs));
+        let extra: Vec<std::ffi::OsString> = if ebpf {
+            vec!["--host-routing".into(), "ebpf".into(), "--bpffs".into(), topo.bpffs().join(&node.name).into()]
+        } else {
+            Vec::new()
+        };
+        daemons.push(start_daemon_with(&topo, node, backend, &manifests, dirs, &extra));
     }
     for ((node, dirs, _), d) in nodes.iter().zip(&daemons) {
         eventually(&format!("daemon on {} publishes its subnet (stderr: see below)", node.name), || {
@@ -196,6 +202,7 @@ fn vxlan_pods_reach_each_other_across_nodes_with_full_size_packets() {
     let c = cluster(
         &[("a", Ipv4Addr::new(192, 0, 2, 1), 24, "198.18.1.0/24"), ("b", Ipv4Addr::new(192, 0, 2, 2), 24, "198.18.2.0/24")],
         "vxlan",
+        false,
     );
     let mut ns = PodNetns::new();
     let (a1, a1_ip) = add_pod(&c, &mut ns, 0, "a1");
@@ -256,6 +263,7 @@ fn host_gw_routes_directly_and_mixed_subnets_fall_back_to_vxlan() {
             ("c", Ipv4Addr::new(192, 0, 2, 200), 25, "198.18.3.0/24"),
         ],
         "host-gw",
+        false,
     );
     let mut ns = PodNetns::new();
     let (a1, a1_ip) = add_pod(&c, &mut ns, 0, "a1");
@@ -271,4 +279,93 @@ fn host_gw_routes_directly_and_mixed_subnets_fall_back_to_vxlan() {
     // Full-size packets between on-link nodes: no encapsulation.
     ping(&c.topo, &a1, &b1_ip, &["-M", "do", "-s", "1472"]).unwrap();
     full_mss_transfer(&c, &a1, &b1, &b1_ip, 1500);
+}
+
+/// `nft` in node `node`'s namespace; its output, panicking on failure.
+fn nft(c: &Cluster, node: usize, args: &[&str]) -> String {
+    let mut cmd = Command::new("nft");
+    cmd.args(args);
+    let out = c.topo.run_in_node(&c.nodes[node].0, cmd, T);
+    assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Counts what node `node`'s forward hook sees, in a table of the test's own.
+fn count_forwarded(c: &Cluster, node: usize) {
+    nft(c, node, &["add table ip fwcount"]);
+    nft(c, node, &["add chain ip fwcount fw { type filter hook forward priority 0 ; policy accept ; }"]);
+    nft(c, node, &["add rule ip fwcount fw counter"]);
+}
+
+/// Packets the forward hook of node `node` has seen since [`count_forwarded`].
+fn forwarded(c: &Cluster, node: usize) -> u64 {
+    let text = nft(c, node, &["list chain ip fwcount fw"]);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no counter: {text}"));
+    words[i + 1].parse().unwrap_or_else(|e| panic!("counter {text}: {e}"))
+}
+
+/// A bulk transfer (iperf3, 20 MB) from pod `client` to `server_ip`.
+fn bulk(c: &Cluster, client: &str, server: &str, server_ip: &str) {
+    let mut srv = Command::new("iperf3");
+    srv.args(["-s", "-1", "-p", "5202", "--forceflush"]);
+    let srv = c.topo.spawn_in_netns(server, None, srv);
+    assert!(srv.wait_for_stdout("listening", T), "iperf3 server in {server}: {}", srv.stderr());
+    let mut cli = Command::new("iperf3");
+    cli.args(["-c", server_ip, "-p", "5202", "-n", "20M"]);
+    let out = c.topo.run_in_netns(client, None, cli, T);
+    assert!(out.status.success(), "iperf3 {client} -> {server_ip}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// `--host-routing ebpf`: pod-to-pod traffic, on one node and across nodes
+/// over VXLAN and host-gw, flows with full-size packets while the nodes'
+/// forward hooks see none of it; traffic leaving the cluster range still
+/// takes the kernel path and is masqueraded; TTL is decremented per node as
+/// forwarding does; DEL takes the program off with the veth.
+#[test]
+fn ebpf_host_routing_bypasses_the_forward_path() {
+    if !require_root() {
+        return;
+    }
+    for backend in ["vxlan", "host-gw"] {
+        let c = cluster(
+            &[("a", Ipv4Addr::new(192, 0, 2, 31), 24, "198.18.31.0/24"), ("b", Ipv4Addr::new(192, 0, 2, 32), 24, "198.18.32.0/24")],
+            backend,
+            true,
+        );
+        let mtu = if backend == "vxlan" { 1450 } else { 1500 };
+        let mut ns = PodNetns::new();
+        let (a1, a1_ip) = add_pod(&c, &mut ns, 0, "a1");
+        let (a2, a2_ip) = add_pod(&c, &mut ns, 0, "a2");
+        let (b1, b1_ip) = add_pod(&c, &mut ns, 1, "b1");
+        let subnet: serde_json::Value =
+            serde_json::from_slice(&fs::read(c.nodes[0].1.state_dir.join("subnet.json")).unwrap()).unwrap();
+        assert!(subnet["hostRouting"].as_str().is_some_and(|p| p.ends_with("slc_from_pod")), "{subnet}");
+        ping_eventually(&c.topo, &a1, &b1_ip, &[]);
+        ping_eventually(&c.topo, &a1, &a2_ip, &[]);
+        count_forwarded(&c, 0);
+        count_forwarded(&c, 1);
+        // Across nodes both ways, and on one node; full-size packets with DF.
+        ping(&c.topo, &a1, &b1_ip, &["-M", "do", "-s", &(mtu - 28).to_string()]).unwrap();
+        ping(&c.topo, &b1, &a1_ip, &[]).unwrap();
+        ping(&c.topo, &a2, &a1_ip, &[]).unwrap();
+        bulk(&c, &a1, &b1, &b1_ip);
+        bulk(&c, &b1, &a2, &a2_ip);
+        full_mss_transfer(&c, &a1, &b1, &b1_ip, mtu);
+        assert_eq!((forwarded(&c, 0), forwarded(&c, 1)), (0, 0), "{backend}: pod-to-pod traffic skipped both forward hooks");
+        // TTL: 64 at the sender, minus one per node crossed (two), as the kernel path does.
+        let mut p = Command::new("ping");
+        p.args(["-c", "1", "-W", "2", &a1_ip]);
+        let out = String::from_utf8_lossy(&c.topo.run_in_netns(&b1, None, p, T).stdout).into_owned();
+        assert!(out.contains("ttl=62"), "{backend}: {out}");
+        // Leaving the cluster range: the kernel path, masqueraded.
+        ping(&c.topo, &a1, "192.0.2.32", &[]).unwrap();
+        assert!(forwarded(&c, 0) > 0, "{backend}: traffic to a node address is forwarded by the kernel");
+        // DEL: the veth and its program go.
+        let (node, dirs, _) = &c.nodes[0];
+        let del = Attach { node, container: "a2".into(), netns: a2.clone(), ifname: "eth0".into() };
+        del.run("DEL", &dirs.plugin_conf()).expect_ok("DEL a2");
+        assert!(ping(&c.topo, &a1, &a2_ip, &[]).is_err(), "{backend}: a deleted pod is unreachable");
+        ping(&c.topo, &a1, &b1_ip, &[]).unwrap();
+    }
 }

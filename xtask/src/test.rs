@@ -27,8 +27,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 }
 
 fn build_and_test(args: &TestArgs) -> anyhow::Result<()> {
-    // proxy-ebpf targets bpfel-unknown-none; proxy-user builds it from its build script.
-    util::run(util::cargo().args(["build", "--workspace", "--exclude", "proxy-ebpf", "--bins"]))?;
+    // proxy-ebpf and cni-ebpf target bpfel-unknown-none; proxy-user and
+    // sluice-cni build them from their build scripts.
+    util::run(util::cargo().args(["build", "--workspace", "--exclude", "proxy-ebpf", "--exclude", "cni-ebpf", "--bins"]))?;
     // The tests run the plugin as it is benchmarked and shipped.
     util::link_cni_static(false)?;
     let debug = util::target_dir()?.join("debug");
@@ -55,6 +56,8 @@ fn build_and_test(args: &TestArgs) -> anyhow::Result<()> {
         "--workspace",
         "--exclude",
         "proxy-ebpf",
+        "--exclude",
+        "cni-ebpf",
         "--exclude",
         "tests",
     ]);

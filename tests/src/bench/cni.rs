@@ -110,7 +110,8 @@ fn add_latency(plan: &Plan, progress: &Progress, cni_bin: Option<PathBuf>, args:
     Ok(rows)
 }
 
-const OVERLAY_ORDER: [&str; 4] = ["direct", "sluice-vxlan", "sluice-host-gw", "direct-aa"];
+const OVERLAY_ORDER: [&str; 6] =
+    ["direct", "sluice-vxlan", "sluice-vxlan-ebpf", "sluice-host-gw", "sluice-host-gw-ebpf", "direct-aa"];
 
 /// One node of an overlay cluster: its daemon and the pod added to it.
 struct OverlayNode {
@@ -120,24 +121,24 @@ struct OverlayNode {
     _daemon: Proc,
 }
 
-/// Builds a two-node cluster whose daemons run `backend`; nodes `{tag}a`
-/// and `{tag}b` at 192.0.2.`first` and `first + 1`, pod CIDRs 198.18.`subnet`.0/24
-/// and the next.
+/// Builds a two-node cluster whose daemons run `backend` (with eBPF host
+/// routing when `ebpf`); nodes `{tag}a` and `{tag}b` at 192.0.2.`first`
+/// and `first + 1`, pod CIDRs 198.18.`first`.0/24 and the next.
 fn overlay_cluster(
     topo: &mut Topology,
     pods: &mut PodNetns,
     bin: &Path,
     backend: &str,
+    ebpf: bool,
     tag: &str,
     first: u8,
-    subnet: u8,
 ) -> anyhow::Result<[OverlayNode; 2]> {
     let manifests = topo.scratch(&format!("nodes-{tag}"));
     let mut nodes = Vec::new();
     for k in 0..2u8 {
         let name = format!("{tag}{}", char::from(b'a' + k));
         let addr = Ipv4Addr::new(192, 0, 2, first + k);
-        let cidr = format!("198.18.{}.0/24", subnet + k);
+        let cidr = format!("198.18.{}.0/24", first + k);
         std::fs::write(
             manifests.join(format!("{name}.yaml")),
             format!(
@@ -162,6 +163,9 @@ fn overlay_cluster(
             .arg("--ipam-dir")
             .arg(&ipam_dir)
             .env("RUST_LOG", "warn");
+        if ebpf {
+            cmd.args(["--host-routing", "ebpf", "--bpffs"]).arg(topo.bpffs().join(&name));
+        }
         let daemon = topo.spawn_in_node(&node, cmd);
         let conflist = conf_dir.join("10-sluice.conflist");
         let deadline = Instant::now() + TIMEOUT;
@@ -210,23 +214,29 @@ fn overlay_throughput(plan: &Plan, progress: &Progress, bin: &Path, args: &Args)
     let mut topo = Topology::new();
     super::note_topology(args, topo.id());
     let mut pods = PodNetns::new();
-    let vxlan = overlay_cluster(&mut topo, &mut pods, bin, "vxlan", "cv", 70, 70)?;
-    let hostgw = overlay_cluster(&mut topo, &mut pods, bin, "host-gw", "cg", 72, 72)?;
+    let vxlan = overlay_cluster(&mut topo, &mut pods, bin, "vxlan", false, "cv", 70)?;
+    let hostgw = overlay_cluster(&mut topo, &mut pods, bin, "host-gw", false, "cg", 72)?;
+    let vxlan_ebpf = overlay_cluster(&mut topo, &mut pods, bin, "vxlan", true, "ev", 74)?;
+    let hostgw_ebpf = overlay_cluster(&mut topo, &mut pods, bin, "host-gw", true, "eg", 76)?;
     let _servers = [
         iperf_server(&topo, &vxlan[1].node.netns)?,
         iperf_server(&topo, &vxlan[1].pod_netns)?,
         iperf_server(&topo, &hostgw[1].pod_netns)?,
+        iperf_server(&topo, &vxlan_ebpf[1].pod_netns)?,
+        iperf_server(&topo, &hostgw_ebpf[1].pod_netns)?,
     ];
     // (client netns, server address) per variant.
     let target = |v: &str| -> (&str, String) {
         match v {
             "sluice-vxlan" => (&vxlan[0].pod_netns, vxlan[1].pod_ip.clone()),
             "sluice-host-gw" => (&hostgw[0].pod_netns, hostgw[1].pod_ip.clone()),
+            "sluice-vxlan-ebpf" => (&vxlan_ebpf[0].pod_netns, vxlan_ebpf[1].pod_ip.clone()),
+            "sluice-host-gw-ebpf" => (&hostgw_ebpf[0].pod_netns, hostgw_ebpf[1].pod_ip.clone()),
             _ => (&vxlan[0].node.netns, vxlan[1].node.underlay.to_string()),
         }
     };
     // One short transfer per path: neighbours resolved, a broken path fails here.
-    for v in &OVERLAY_ORDER[..3] {
+    for v in &OVERLAY_ORDER[..5] {
         let (netns, host) = target(v);
         let warm = Iperf::new(&host, IPERF_PORT, 1, 1);
         warm.run(|a, t| Ok(topo.run_in_netns(netns, None, pinned(0, Path::new("iperf3"), a), t)))
@@ -245,6 +255,8 @@ fn overlay_throughput(plan: &Plan, progress: &Progress, bin: &Path, args: &Args)
                 "direct" => "the underlay: node to node, no overlay",
                 "sluice-vxlan" => "pod to pod over the VXLAN device (pod MTU 1450)",
                 "sluice-host-gw" => "pod to pod over host-gw routes (pod MTU 1500)",
+                "sluice-vxlan-ebpf" => "VXLAN with --host-routing ebpf (FIB lookup + redirect at tc)",
+                "sluice-host-gw-ebpf" => "host-gw with --host-routing ebpf",
                 _ => "a second underlay run: the noise floor",
             };
             r.with_note(note)

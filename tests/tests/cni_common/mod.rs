@@ -166,6 +166,18 @@ impl NodeDirs {
 
 /// Starts `sluice-cni daemon` inside the node's namespace.
 pub fn start_daemon(topo: &Topology, node: &Node, backend: &str, manifests: &Path, dirs: &NodeDirs) -> tests::Proc {
+    start_daemon_with(topo, node, backend, manifests, dirs, &[])
+}
+
+/// [`start_daemon`] with more daemon flags.
+pub fn start_daemon_with(
+    topo: &Topology,
+    node: &Node,
+    backend: &str,
+    manifests: &Path,
+    dirs: &NodeDirs,
+    extra: &[std::ffi::OsString],
+) -> tests::Proc {
     let mut cmd = Command::new(cni_bin());
     cmd.args(["daemon", "--backend", backend, "--node-name", &node.name, "--cluster-cidr", "198.18.0.0/16"])
         .arg("--manifests")
@@ -177,6 +189,7 @@ pub fn start_daemon(topo: &Topology, node: &Node, backend: &str, manifests: &Pat
         .arg("--ipam-dir")
         .arg(&dirs.ipam_dir)
         .args(["--resync", "1s"])
+        .args(extra)
         .env("RUST_LOG", "debug");
     topo.spawn_in_node(node, cmd)
 }

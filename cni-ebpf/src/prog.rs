@@ -1,0 +1,150 @@
+//! The two classifiers and their shared forwarding step.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
+    EbpfContext as _,
+};
+
+/// Set by the daemon at load time (`EbpfLoader::override_global`); all
+/// addresses and masks in network byte order as read from a packet:
+/// `[0]` how many cluster ranges follow (at most [`MAX_CLUSTER`]),
+/// `[1 + 2i]`/`[2 + 2i]` cluster range `i` (address, mask),
+/// `[9]`/`[10]` this node's pod range (address, mask).
+#[unsafe(no_mangle)]
+static SLC_CNI_CFG: [u32; 12] = [0; 12];
+
+const MAX_CLUSTER: usize = 4;
+const LOCAL: usize = 1 + 2 * MAX_CLUSTER;
+
+/// "Not mine": TCX runs the next program (or the stack) on the unchanged packet.
+const TC_ACT_UNSPEC: i32 = -1;
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_TTL: usize = ETH_HLEN + 8;
+const IP_CHECK: usize = ETH_HLEN + 10;
+const AF_INET: u8 = 2;
+
+#[inline(always)]
+fn cfg(i: usize) -> u32 {
+    // SAFETY: a read of our own .rodata; volatile so the loader's value is used.
+    unsafe { core::ptr::read_volatile(&SLC_CNI_CFG[i]) }
+}
+
+#[inline(always)]
+fn in_cluster(addr: u32) -> bool {
+    let n = cfg(0) as usize;
+    let mut i = 0;
+    while i < MAX_CLUSTER {
+        if i < n && addr & cfg(2 + 2 * i) == cfg(1 + 2 * i) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn is_local_pod(addr: u32) -> bool {
+    let mask = cfg(LOCAL + 1);
+    mask != 0 && addr & mask == cfg(LOCAL)
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: bounds checked above; unaligned read of plain bytes.
+    Some(unsafe { ((start + off) as *const T).read_unaligned() })
+}
+
+/// (source, destination, TTL) of an IPv4 packet, or None for anything else.
+#[inline(always)]
+fn ipv4(ctx: &TcContext) -> Option<(u32, u32, u8)> {
+    if u16::from_be(load::<u16>(ctx, 12)?) != ETH_P_IP || load::<u8>(ctx, ETH_HLEN)? >> 4 != 4 {
+        return None;
+    }
+    Some((load::<u32>(ctx, ETH_HLEN + 12)?, load::<u32>(ctx, ETH_HLEN + 16)?, load::<u8>(ctx, IP_TTL)?))
+}
+
+/// Looks `saddr -> daddr` up in the FIB as a packet arriving on this
+/// interface and, when the kernel would forward it, does what forwarding
+/// does (TTL - 1, MACs of the next hop) and hands it to the output device:
+/// to its peer's ingress when `peer` (a pod's veth), else to its egress.
+#[inline(always)]
+fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 {
+    if ttl <= 1 {
+        return TC_ACT_UNSPEC; // the stack answers with ICMP time exceeded
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    // SAFETY: reading ifindex from the valid skb context.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // tot_len stays 0: the helper then checks the skb itself against the
+    // output MTU, which accepts GSO super-packets (segmented on the way out).
+    fib.__bindgen_anon_3.ipv4_src = saddr;
+    fib.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: fib is a valid, initialised struct on our stack.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let resolved = rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS);
+    if !resolved && rc != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return TC_ACT_UNSPEC; // local, blackhole, unreachable, needs fragmenting...
+    }
+    // TTL - 1 with the checksum fixed: the helper takes the 16-bit word
+    // holding it (TTL, protocol) as it sits in memory, protocol unchanged.
+    let new_ttl = ttl - 1;
+    let word = |t: u8| u64::from(u16::from_ne_bytes([t, 0]));
+    if ctx.l3_csum_replace(IP_CHECK, word(ttl), word(new_ttl), 2).is_err()
+        || ctx.store(IP_TTL, &new_ttl, 0).is_err()
+    {
+        return TC_ACT_UNSPEC;
+    }
+    if !resolved {
+        // The next hop's MAC is not known yet: the neighbour subsystem resolves it.
+        // SAFETY: zeroed then filled; a plain-data union.
+        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        nh.nh_family = u32::from(AF_INET);
+        nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+        // SAFETY: nh is valid for the call.
+        return unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) } as i32;
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&fib.dmac);
+    macs[6..].copy_from_slice(&fib.smac);
+    if ctx.store(0, &macs, 0).is_err() {
+        return TC_ACT_UNSPEC;
+    }
+    if peer {
+        // SAFETY: plain helper call, from tc ingress (the only place this runs).
+        return unsafe { bpf_redirect_peer(fib.ifindex, 0) } as i32;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+}
+
+/// Tc ingress of a pod's host-side veth: what the pod sends.
+#[classifier]
+pub fn slc_from_pod(ctx: TcContext) -> i32 {
+    let Some((saddr, daddr, ttl)) = ipv4(&ctx) else { return TC_ACT_UNSPEC };
+    if !is_local_pod(saddr) || !in_cluster(daddr) {
+        return TC_ACT_UNSPEC; // leaving the cluster: the stack masquerades it
+    }
+    forward(&ctx, saddr, daddr, ttl, is_local_pod(daddr))
+}
+
+/// Tc ingress of the VXLAN device and the underlay: what other nodes send.
+#[classifier]
+pub fn slc_to_pod(ctx: TcContext) -> i32 {
+    let Some((saddr, daddr, ttl)) = ipv4(&ctx) else { return TC_ACT_UNSPEC };
+    if !is_local_pod(daddr) || !in_cluster(saddr) {
+        return TC_ACT_UNSPEC;
+    }
+    forward(&ctx, saddr, daddr, ttl, true)
+}

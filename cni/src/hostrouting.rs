@@ -1,0 +1,196 @@
+//! `sluice-cni daemon --host-routing ebpf`: pod-to-pod traffic skips the
+//! node's IP forwarding path (see cni-ebpf for what the programs do).
+//!
+//! The daemon loads the programs with this node's ranges baked in, attaches
+//! `slc_to_pod` to tc ingress of the VXLAN device and the underlay (tcx
+//! links it holds: if the daemon stops they go, and traffic takes the
+//! kernel's path again, which is always correct), and pins `slc_from_pod`
+//! under `--bpffs` for the plugin to attach to each new pod's host veth. The
+//! pin's path reaches the plugin through the subnet file.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use ipnetwork::IpNetwork;
+use tracing::info;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-cni-ebpf"));
+
+pub const FROM_POD: &str = "slc_from_pod";
+pub const TO_POD: &str = "slc_to_pod";
+const CONFIG: &str = "SLC_CNI_CFG";
+const MAX_CLUSTER: usize = 4;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bpffs {path}: {source}")]
+    Bpffs { path: PathBuf, source: io::Error },
+    #[error("loading the host-routing programs: {0}")]
+    Load(String),
+    #[error("attaching {program} to {interface}: {reason}")]
+    Attach { program: &'static str, interface: String, reason: String },
+}
+
+/// The programs' configuration (`SLC_CNI_CFG` in cni-ebpf): the IPv4
+/// cluster ranges and this node's IPv4 pod range, network byte order.
+/// IPv6 ranges are not fast-pathed.
+pub fn config(cluster: &[IpNetwork], local: &[IpNetwork]) -> [u32; 12] {
+    let v4 = |n: &IpNetwork| match n {
+        IpNetwork::V4(n) => Some((u32::from_ne_bytes(n.network().octets()), u32::from_ne_bytes(n.mask().octets()))),
+        IpNetwork::V6(_) => None,
+    };
+    let mut cfg = [0u32; 12];
+    let mut n = 0;
+    for (addr, mask) in cluster.iter().filter_map(v4).take(MAX_CLUSTER) {
+        cfg[1 + 2 * n] = addr;
+        cfg[2 + 2 * n] = mask;
+        n += 1;
+    }
+    cfg[0] = n as u32;
+    if let Some((addr, mask)) = local.iter().find_map(v4) {
+        cfg[1 + 2 * MAX_CLUSTER] = addr;
+        cfg[2 + 2 * MAX_CLUSTER] = mask;
+    }
+    cfg
+}
+
+/// Loaded programs and where `slc_to_pod` is attached (interface name ->
+/// (ifindex, link id)).
+struct Loaded {
+    cfg: [u32; 12],
+    bpf: Ebpf,
+    attached: BTreeMap<String, (u32, aya::programs::tc::SchedClassifierLinkId)>,
+}
+
+pub struct HostRouting {
+    bpffs: PathBuf,
+    loaded: Option<Loaded>,
+}
+
+impl HostRouting {
+    pub fn new(bpffs: PathBuf) -> Self {
+        Self { bpffs, loaded: None }
+    }
+
+    /// Where the plugin finds `slc_from_pod`.
+    pub fn pin(&self) -> PathBuf {
+        self.bpffs.join(FROM_POD)
+    }
+
+    /// Converges: programs loaded with `cluster`/`local` (reloaded when they
+    /// change), `slc_to_pod` on exactly `interfaces` (name, ifindex).
+    pub fn ensure(&mut self, cluster: &[IpNetwork], local: &[IpNetwork], interfaces: &[(String, u32)]) -> Result<PathBuf, Error> {
+        let cfg = config(cluster, local);
+        if self.loaded.as_ref().is_none_or(|l| l.cfg != cfg) {
+            self.loaded = None; // dropping detaches the old links
+            self.loaded = Some(self.load(cfg)?);
+        }
+        let loaded = self.loaded.as_mut().expect("just loaded");
+        let prog: &mut SchedClassifier = loaded
+            .bpf
+            .program_mut(TO_POD)
+            .ok_or_else(|| Error::Load(format!("{TO_POD} missing from the object")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| Error::Load(e.to_string()))?;
+        // Stale: an interface no longer wanted, or recreated under the same name.
+        let stale: Vec<String> = loaded
+            .attached
+            .iter()
+            .filter(|(name, (index, _))| !interfaces.iter().any(|(n, i)| n == *name && i == index))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some((_, id)) = loaded.attached.remove(&name) {
+                let _ = prog.detach(id); // gone with its device already, most often
+            }
+        }
+        for (name, index) in interfaces {
+            if loaded.attached.contains_key(name) {
+                continue;
+            }
+            let id = prog
+                .attach_with_options(name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(|e| Error::Attach { program: TO_POD, interface: name.clone(), reason: e.to_string() })?;
+            info!(program = TO_POD, interface = %name, "attached (tcx ingress)");
+            loaded.attached.insert(name.clone(), (*index, id));
+        }
+        Ok(self.pin())
+    }
+
+    fn load(&self, cfg: [u32; 12]) -> Result<Loaded, Error> {
+        ensure_bpffs(&self.bpffs).map_err(|source| Error::Bpffs { path: self.bpffs.clone(), source })?;
+        let mut bpf = EbpfLoader::new()
+            .override_global(CONFIG, &cfg, true)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(e.to_string()))?;
+        for name in [FROM_POD, TO_POD] {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Load(format!("{name} missing from the object")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| Error::Load(e.to_string()))?;
+            prog.load().map_err(|e| Error::Load(format!("{name}: {e}")))?;
+        }
+        // Re-pin: pods attached from now on get this version; earlier pods keep theirs.
+        let pin = self.pin();
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Bpffs { path: pin, source }),
+        }
+        let prog: &mut SchedClassifier = bpf.program_mut(FROM_POD).expect("loaded above").try_into().expect("checked above");
+        prog.pin(&pin).map_err(|e| Error::Load(format!("pinning {FROM_POD} at {}: {e}", pin.display())))?;
+        let local = cfg[9].to_ne_bytes();
+        info!(pin = %pin.display(), local_v4 = %IpAddr::from(local), cluster_ranges = cfg[0], "host-routing programs loaded");
+        Ok(Loaded { cfg, bpf, attached: BTreeMap::new() })
+    }
+}
+
+/// Makes sure `dir` exists on a bpffs, mounting one on it when it is not.
+fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::fs::create_dir_all(dir)?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = c"bpf";
+    // SAFETY: plain mount(2) with valid C strings.
+    if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_holds_v4_ranges_in_packet_byte_order() {
+        let cluster: Vec<IpNetwork> = vec!["198.18.0.0/16".parse().unwrap(), "2001:db8:1::/48".parse().unwrap()];
+        let local: Vec<IpNetwork> = vec!["2001:db8:1:1::/64".parse().unwrap(), "198.18.1.0/24".parse().unwrap()];
+        let c = config(&cluster, &local);
+        assert_eq!(c[0], 1, "one IPv4 cluster range");
+        assert_eq!(c[1].to_ne_bytes(), [198, 18, 0, 0]);
+        assert_eq!(c[2].to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(c[9].to_ne_bytes(), [198, 18, 1, 0]);
+        assert_eq!(c[10].to_ne_bytes(), [255, 255, 255, 0]);
+    }
+
+    #[test]
+    fn config_keeps_at_most_four_cluster_ranges() {
+        let cluster: Vec<IpNetwork> = (0..6).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect();
+        assert_eq!(config(&cluster, &[])[0], 4);
+    }
+}
