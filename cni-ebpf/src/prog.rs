@@ -3,7 +3,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_ADJ_ROOM_FIXED_GSO,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
@@ -14,12 +17,17 @@ use aya_ebpf::{
 /// addresses and masks in network byte order as read from a packet:
 /// `[0]` how many cluster ranges follow (at most [`MAX_CLUSTER`]),
 /// `[1 + 2i]`/`[2 + 2i]` cluster range `i` (address, mask),
-/// `[9]`/`[10]` this node's pod range (address, mask).
+/// `[9]`/`[10]` this node's pod range (address, mask),
+/// `[11]` the VXLAN UDP port (0: no VXLAN), `[12]` the VXLAN header's
+/// second word for our VNI (VNI << 8), `[13]` this node's underlay address.
 #[unsafe(no_mangle)]
-static SLC_CNI_CFG: [u32; 12] = [0; 12];
+static SLC_CNI_CFG: [u32; 16] = [0; 16];
 
 const MAX_CLUSTER: usize = 4;
 const LOCAL: usize = 1 + 2 * MAX_CLUSTER;
+const VXLAN_PORT: usize = 11;
+const VXLAN_VNI: usize = 12;
+const NODE_IP: usize = 13;
 
 /// "Not mine": TCX runs the next program (or the stack) on the unchanged packet.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -28,6 +36,14 @@ const ETH_P_IP: u16 = 0x0800;
 const IP_TTL: usize = ETH_HLEN + 8;
 const IP_CHECK: usize = ETH_HLEN + 10;
 const AF_INET: u8 = 2;
+const IPPROTO_UDP: u8 = 17;
+/// Outer IPv4 (no options) + UDP + VXLAN + inner Ethernet: what decapsulation removes.
+const VXLAN_OUTER: usize = 20 + 8 + 8 + ETH_HLEN;
+const UDP_OFF: usize = ETH_HLEN + 20;
+const VXLAN_OFF: usize = UDP_OFF + 8;
+const VXLAN_FLAG_VNI: u8 = 0x08;
+const ECN_MASK: u8 = 0x03;
+const ECN_CE: u8 = 0x03;
 
 #[inline(always)]
 fn cfg(i: usize) -> u32 {
@@ -139,9 +155,64 @@ pub fn slc_from_pod(ctx: TcContext) -> i32 {
     forward(&ctx, saddr, daddr, ttl, is_local_pod(daddr))
 }
 
+/// A VXLAN packet from another node to one of our pods, seen on the
+/// underlay: decapsulated here (outer IPv4, UDP, VXLAN and inner Ethernet
+/// headers removed, GSO size kept) so that neither the outer packet's local
+/// delivery nor the VXLAN device's receive path runs. Returns the inner
+/// (source, destination, TTL), or None with the packet untouched: anything
+/// unusual (IP options, fragments, another port, VNI, destination or inner
+/// protocol) is left to the kernel's VXLAN device.
+#[inline(always)]
+fn vxlan_decap(ctx: &TcContext) -> Option<(u32, u32, u8)> {
+    let port = cfg(VXLAN_PORT);
+    if port == 0
+        || u16::from_be(load::<u16>(ctx, 12)?) != ETH_P_IP
+        || load::<u8>(ctx, ETH_HLEN)? != 0x45
+        || u16::from_be(load::<u16>(ctx, ETH_HLEN + 6)?) & 0x3fff != 0
+        || load::<u8>(ctx, ETH_HLEN + 9)? != IPPROTO_UDP
+        || load::<u32>(ctx, ETH_HLEN + 16)? != cfg(NODE_IP)
+        || u32::from(load::<u16>(ctx, UDP_OFF + 2)?) != port
+        || load::<u8>(ctx, VXLAN_OFF)? & VXLAN_FLAG_VNI == 0
+        || load::<u32>(ctx, VXLAN_OFF + 4)? & u32::from_ne_bytes([0xff, 0xff, 0xff, 0]) != cfg(VXLAN_VNI)
+    {
+        return None;
+    }
+    let inner = VXLAN_OUTER + ETH_HLEN;
+    if u16::from_be(load::<u16>(ctx, VXLAN_OUTER + 12)?) != ETH_P_IP || load::<u8>(ctx, inner)? >> 4 != 4 {
+        return None;
+    }
+    let (saddr, daddr, ttl) = (load::<u32>(ctx, inner + 12)?, load::<u32>(ctx, inner + 16)?, load::<u8>(ctx, inner + 8)?);
+    if !is_local_pod(daddr) || !in_cluster(saddr) || ttl <= 1 {
+        return None;
+    }
+    // ECN (RFC 6040, as the kernel's decapsulation does): congestion marked
+    // on the outer header is carried to an ECN-capable inner one; for an
+    // inner header that is not ECN-capable the kernel decides (it drops).
+    let (outer_tos, inner_tos) = (load::<u8>(ctx, ETH_HLEN + 1)?, load::<u8>(ctx, inner + 1)?);
+    let mark_ce = outer_tos & ECN_MASK == ECN_CE && inner_tos & ECN_MASK != ECN_CE;
+    if mark_ce && inner_tos & ECN_MASK == 0 {
+        return None;
+    }
+    ctx.adjust_room(-(VXLAN_OUTER as i32), BPF_ADJ_ROOM_MAC, u64::from(BPF_F_ADJ_ROOM_FIXED_GSO)).ok()?;
+    if mark_ce {
+        // TOS shares its checksum word with the (unchanged) version/IHL byte.
+        let new_tos = inner_tos | ECN_CE;
+        let vihl = load::<u8>(ctx, ETH_HLEN)?;
+        let word = |tos: u8| u64::from(u16::from_ne_bytes([vihl, tos]));
+        let _ = ctx.l3_csum_replace(IP_CHECK, word(inner_tos), word(new_tos), 2);
+        let _ = ctx.store(ETH_HLEN + 1, &new_tos, 0);
+    }
+    Some((saddr, daddr, ttl))
+}
+
 /// Tc ingress of the VXLAN device and the underlay: what other nodes send.
 #[classifier]
 pub fn slc_to_pod(ctx: TcContext) -> i32 {
+    if let Some((saddr, daddr, ttl)) = vxlan_decap(&ctx) {
+        // Should the FIB not say, the stack routes the now plain inner
+        // packet to the pod as if it had come in unencapsulated.
+        return forward(&ctx, saddr, daddr, ttl, true);
+    }
     let Some((saddr, daddr, ttl)) = ipv4(&ctx) else { return TC_ACT_UNSPEC };
     if !is_local_pod(daddr) || !in_cluster(saddr) {
         return TC_ACT_UNSPEC;

@@ -242,7 +242,16 @@ pub fn reconcile(args: &Args, nl: &mut Netlink, snap: &Snapshot, host_routing: O
             if let Some(index) = vxlan {
                 interfaces.push((args.vxlan_device.clone(), index));
             }
-            Some(hr.ensure(&args.cluster_cidrs, &desired.local.pod_cidrs, &interfaces)?)
+            let params = crate::hostrouting::Params {
+                cluster: args.cluster_cidrs.clone(),
+                local: desired.local.pod_cidrs.clone(),
+                node_ip: match underlay.net.ip() {
+                    IpAddr::V4(v4) => v4,
+                    IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                },
+                vxlan: vxlan.map(|_| (args.vxlan_port, args.vni)),
+            };
+            Some(hr.ensure(&params, &interfaces)?)
         }
         None => None,
     };

@@ -36,15 +36,28 @@ pub enum Error {
     Attach { program: &'static str, interface: String, reason: String },
 }
 
-/// The programs' configuration (`SLC_CNI_CFG` in cni-ebpf): the IPv4
-/// cluster ranges and this node's IPv4 pod range, network byte order.
-/// IPv6 ranges are not fast-pathed.
-pub fn config(cluster: &[IpNetwork], local: &[IpNetwork]) -> [u32; 12] {
+/// What the programs need to know (`SLC_CNI_CFG` in cni-ebpf).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub cluster: Vec<IpNetwork>,
+    pub local: Vec<IpNetwork>,
+    /// This node's underlay address (the outer destination of VXLAN packets).
+    pub node_ip: std::net::Ipv4Addr,
+    /// (UDP port, VNI) when this node runs a VXLAN device.
+    pub vxlan: Option<(u16, u32)>,
+}
+
+/// The programs' configuration: the IPv4 cluster ranges, this node's IPv4
+/// pod range, the VXLAN port and VNI, this node's address; all as the
+/// programs read them from packets (network byte order). IPv6 ranges are
+/// not fast-pathed.
+pub fn config(p: &Params) -> Config {
+    let (cluster, local) = (&p.cluster, &p.local);
     let v4 = |n: &IpNetwork| match n {
         IpNetwork::V4(n) => Some((u32::from_ne_bytes(n.network().octets()), u32::from_ne_bytes(n.mask().octets()))),
         IpNetwork::V6(_) => None,
     };
-    let mut cfg = [0u32; 12];
+    let mut cfg = [0u32; 16];
     let mut n = 0;
     for (addr, mask) in cluster.iter().filter_map(v4).take(MAX_CLUSTER) {
         cfg[1 + 2 * n] = addr;
@@ -56,13 +69,20 @@ pub fn config(cluster: &[IpNetwork], local: &[IpNetwork]) -> [u32; 12] {
         cfg[1 + 2 * MAX_CLUSTER] = addr;
         cfg[2 + 2 * MAX_CLUSTER] = mask;
     }
+    if let Some((port, vni)) = p.vxlan {
+        cfg[11] = u32::from(u16::from_ne_bytes(port.to_be_bytes()));
+        cfg[12] = u32::from_ne_bytes((vni << 8).to_be_bytes());
+    }
+    cfg[13] = u32::from_ne_bytes(p.node_ip.octets());
     cfg
 }
+
+pub type Config = [u32; 16];
 
 /// Loaded programs and where `slc_to_pod` is attached (interface name ->
 /// (ifindex, link id)).
 struct Loaded {
-    cfg: [u32; 12],
+    cfg: Config,
     bpf: Ebpf,
     attached: BTreeMap<String, (u32, aya::programs::tc::SchedClassifierLinkId)>,
 }
@@ -82,10 +102,10 @@ impl HostRouting {
         self.bpffs.join(FROM_POD)
     }
 
-    /// Converges: programs loaded with `cluster`/`local` (reloaded when they
+    /// Converges: programs loaded with `params` (reloaded when they
     /// change), `slc_to_pod` on exactly `interfaces` (name, ifindex).
-    pub fn ensure(&mut self, cluster: &[IpNetwork], local: &[IpNetwork], interfaces: &[(String, u32)]) -> Result<PathBuf, Error> {
-        let cfg = config(cluster, local);
+    pub fn ensure(&mut self, params: &Params, interfaces: &[(String, u32)]) -> Result<PathBuf, Error> {
+        let cfg = config(params);
         if self.loaded.as_ref().is_none_or(|l| l.cfg != cfg) {
             self.loaded = None; // dropping detaches the old links
             self.loaded = Some(self.load(cfg)?);
@@ -122,7 +142,7 @@ impl HostRouting {
         Ok(self.pin())
     }
 
-    fn load(&self, cfg: [u32; 12]) -> Result<Loaded, Error> {
+    fn load(&self, cfg: Config) -> Result<Loaded, Error> {
         ensure_bpffs(&self.bpffs).map_err(|source| Error::Bpffs { path: self.bpffs.clone(), source })?;
         let mut bpf = EbpfLoader::new()
             .override_global(CONFIG, &cfg, true)
@@ -176,21 +196,30 @@ fn ensure_bpffs(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn params(cluster: Vec<IpNetwork>, local: Vec<IpNetwork>) -> Params {
+        Params { cluster, local, node_ip: "192.0.2.1".parse().unwrap(), vxlan: Some((8472, 1)) }
+    }
+
     #[test]
     fn config_holds_v4_ranges_in_packet_byte_order() {
         let cluster: Vec<IpNetwork> = vec!["198.18.0.0/16".parse().unwrap(), "2001:db8:1::/48".parse().unwrap()];
         let local: Vec<IpNetwork> = vec!["2001:db8:1:1::/64".parse().unwrap(), "198.18.1.0/24".parse().unwrap()];
-        let c = config(&cluster, &local);
+        let c = config(&params(cluster, local));
         assert_eq!(c[0], 1, "one IPv4 cluster range");
         assert_eq!(c[1].to_ne_bytes(), [198, 18, 0, 0]);
         assert_eq!(c[2].to_ne_bytes(), [255, 255, 0, 0]);
         assert_eq!(c[9].to_ne_bytes(), [198, 18, 1, 0]);
         assert_eq!(c[10].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(c[11].to_ne_bytes(), [0x21, 0x18, 0, 0], "8472 as the UDP header holds it");
+        assert_eq!(c[12].to_ne_bytes(), [0, 0, 1, 0], "VNI 1 in bytes 4..7 of the VXLAN header");
+        assert_eq!(c[13].to_ne_bytes(), [192, 0, 2, 1]);
+        let no_vxlan = config(&Params { vxlan: None, ..params(vec![], vec![]) });
+        assert_eq!(no_vxlan[11], 0, "port 0: no decapsulation");
     }
 
     #[test]
     fn config_keeps_at_most_four_cluster_ranges() {
         let cluster: Vec<IpNetwork> = (0..6).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect();
-        assert_eq!(config(&cluster, &[])[0], 4);
+        assert_eq!(config(&params(cluster, vec![]))[0], 4);
     }
 }

@@ -290,16 +290,25 @@ fn nft(c: &Cluster, node: usize, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Counts what node `node`'s forward hook sees, in a table of the test's own.
+/// Counts what node `node`'s forward hook sees, and the VXLAN packets its
+/// input hook delivers to the VXLAN device's socket, in a table of the
+/// test's own.
 fn count_forwarded(c: &Cluster, node: usize) {
     nft(c, node, &["add table ip fwcount"]);
     nft(c, node, &["add chain ip fwcount fw { type filter hook forward priority 0 ; policy accept ; }"]);
     nft(c, node, &["add rule ip fwcount fw counter"]);
+    nft(c, node, &["add chain ip fwcount vxlan_in { type filter hook input priority 0 ; policy accept ; }"]);
+    nft(c, node, &["add rule ip fwcount vxlan_in udp dport 8472 counter"]);
 }
 
 /// Packets the forward hook of node `node` has seen since [`count_forwarded`].
 fn forwarded(c: &Cluster, node: usize) -> u64 {
-    let text = nft(c, node, &["list chain ip fwcount fw"]);
+    counted(c, node, "fw")
+}
+
+/// The counter of chain `chain` in the test's table.
+fn counted(c: &Cluster, node: usize, chain: &str) -> u64 {
+    let text = nft(c, node, &["list chain ip fwcount", chain]);
     let words: Vec<&str> = text.split_whitespace().collect();
     let i = words.iter().position(|w| *w == "packets").unwrap_or_else(|| panic!("no counter: {text}"));
     words[i + 1].parse().unwrap_or_else(|e| panic!("counter {text}: {e}"))
@@ -353,6 +362,8 @@ fn ebpf_host_routing_bypasses_the_forward_path() {
         bulk(&c, &b1, &a2, &a2_ip);
         full_mss_transfer(&c, &a1, &b1, &b1_ip, mtu);
         assert_eq!((forwarded(&c, 0), forwarded(&c, 1)), (0, 0), "{backend}: pod-to-pod traffic skipped both forward hooks");
+        // VXLAN: decapsulated at tc on the underlay, never delivered to the VXLAN socket.
+        assert_eq!((counted(&c, 0, "vxlan_in"), counted(&c, 1, "vxlan_in")), (0, 0), "{backend}: VXLAN decapsulated at tc");
         // TTL: 64 at the sender, minus one per node crossed (two), as the kernel path does.
         let mut p = Command::new("ping");
         p.args(["-c", "1", "-W", "2", &a1_ip]);
