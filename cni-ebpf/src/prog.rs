@@ -4,10 +4,11 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_ADJ_ROOM_FIXED_GSO,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_ADJ_ROOM_ENCAP_L2_SHIFT,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
     EbpfContext as _,
@@ -19,7 +20,8 @@ use aya_ebpf::{
 /// `[1 + 2i]`/`[2 + 2i]` cluster range `i` (address, mask),
 /// `[9]`/`[10]` this node's pod range (address, mask),
 /// `[11]` the VXLAN UDP port (0: no VXLAN), `[12]` the VXLAN header's
-/// second word for our VNI (VNI << 8), `[13]` this node's underlay address.
+/// second word for our VNI (VNI << 8), `[13]` this node's underlay address,
+/// `[14]` the VXLAN device's ifindex, `[15]` the underlay's.
 #[unsafe(no_mangle)]
 static SLC_CNI_CFG: [u32; 16] = [0; 16];
 
@@ -28,9 +30,13 @@ const LOCAL: usize = 1 + 2 * MAX_CLUSTER;
 const VXLAN_PORT: usize = 11;
 const VXLAN_VNI: usize = 12;
 const NODE_IP: usize = 13;
+const VXLAN_IF: usize = 14;
+const UNDERLAY_IF: usize = 15;
 
 /// "Not mine": TCX runs the next program (or the stack) on the unchanged packet.
 const TC_ACT_UNSPEC: i32 = -1;
+/// Drop: only after the packet was changed beyond handing back.
+const TC_ACT_SHOT: i32 = 2;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IP_TTL: usize = ETH_HLEN + 8;
@@ -44,6 +50,12 @@ const VXLAN_OFF: usize = UDP_OFF + 8;
 const VXLAN_FLAG_VNI: u8 = 0x08;
 const ECN_MASK: u8 = 0x03;
 const ECN_CE: u8 = 0x03;
+/// The first two bytes of every VTEP MAC; the other four are the node's IPv4 address.
+const VTEP_OUI: [u8; 2] = [0x0e, 0x5c];
+const OUTER_TTL: u8 = 64;
+/// The kernel's default ephemeral range, which VXLAN source ports come from.
+const SPORT_MIN: u32 = 32_768;
+const SPORT_SPAN: u32 = 28_232;
 
 #[inline(always)]
 fn cfg(i: usize) -> u32 {
@@ -131,6 +143,11 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 
         // SAFETY: nh is valid for the call.
         return unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) } as i32;
     }
+    if !peer && cfg(VXLAN_PORT) != 0 && fib.ifindex == cfg(VXLAN_IF) && fib.dmac[..2] == VTEP_OUI {
+        if let Some(rc) = vxlan_encap(ctx, &fib) {
+            return rc;
+        }
+    }
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&fib.dmac);
     macs[6..].copy_from_slice(&fib.smac);
@@ -143,6 +160,93 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 
     }
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+}
+
+/// Sends a packet the FIB routes through the VXLAN device (next hop: a
+/// peer's VTEP, `fib.dmac` its MAC) out of the underlay, encapsulated here
+/// as the device would (outer TTL 64, no DF, UDP checksum 0, source port
+/// from the flow hash, ECN copied outward), so neither the device's transmit
+/// path nor the outer packet's output path and netfilter hooks run. The
+/// peer's address is the VTEP MAC's last four bytes (the daemon derives
+/// every VTEP MAC from its node's address). None with the packet untouched
+/// when the peer's MAC on the underlay is not known yet, the outer length
+/// would not fit 16 bits, or the helper cannot grow this packet: the device
+/// then sends it. The inner TTL was decremented by the caller.
+#[inline(always)]
+fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
+    let remote = u32::from_ne_bytes([fib.dmac[2], fib.dmac[3], fib.dmac[4], fib.dmac[5]]);
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    let mut out: FibParams = unsafe { core::mem::zeroed() };
+    out.family = AF_INET;
+    out.l4_protocol = IPPROTO_UDP;
+    out.ifindex = cfg(UNDERLAY_IF);
+    out.__bindgen_anon_3.ipv4_src = cfg(NODE_IP);
+    out.__bindgen_anon_4.ipv4_dst = remote;
+    // The outer packet: the inner one behind IPv4, UDP, VXLAN and Ethernet headers.
+    let outer_len = ctx.len() - ETH_HLEN as u32 + VXLAN_OUTER as u32;
+    if outer_len > 0xffff {
+        return None; // no room in the outer length fields: the device's GSO handles it
+    }
+    // SAFETY: reading gso_size from the valid skb context.
+    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
+        // A single packet must fit the underlay once encapsulated.
+        out.__bindgen_anon_1.tot_len = outer_len as u16;
+    }
+    // SAFETY: out is a valid, initialised struct on our stack.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut out, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || out.ifindex != cfg(UNDERLAY_IF) {
+        return None;
+    }
+    let tos = load::<u8>(ctx, ETH_HLEN + 1)?;
+    // SAFETY: plain helper call on the valid skb.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.as_ptr() as *mut _) };
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO
+        | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH;
+    let flags = u64::from(flags) | ((ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
+    ctx.adjust_room(VXLAN_OUTER as i32, BPF_ADJ_ROOM_MAC, flags).ok()?;
+    // From here on the packet is committed to this path.
+    let mut h = [0u8; VXLAN_OUTER + ETH_HLEN];
+    h[..6].copy_from_slice(&out.dmac);
+    h[6..12].copy_from_slice(&out.smac);
+    h[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    let ip_len = outer_len as u16;
+    let ip = ETH_HLEN;
+    h[ip] = 0x45;
+    h[ip + 1] = if tos & ECN_MASK == ECN_CE { 0x02 } else { tos & ECN_MASK };
+    h[ip + 2..ip + 4].copy_from_slice(&ip_len.to_be_bytes());
+    h[ip + 4..ip + 6].copy_from_slice(&(hash as u16).to_be_bytes());
+    h[ip + 8] = OUTER_TTL;
+    h[ip + 9] = IPPROTO_UDP;
+    h[ip + 12..ip + 16].copy_from_slice(&cfg(NODE_IP).to_ne_bytes());
+    h[ip + 16..ip + 20].copy_from_slice(&remote.to_ne_bytes());
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([h[ip + i], h[ip + i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    h[ip + 10..ip + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let udp = ip + 20;
+    let sport = (SPORT_MIN + (hash >> 16) % SPORT_SPAN) as u16;
+    h[udp..udp + 2].copy_from_slice(&sport.to_be_bytes());
+    h[udp + 2..udp + 4].copy_from_slice(&(cfg(VXLAN_PORT) as u16).to_ne_bytes());
+    h[udp + 4..udp + 6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    let vx = udp + 8;
+    h[vx] = VXLAN_FLAG_VNI;
+    h[vx + 4..vx + 8].copy_from_slice(&cfg(VXLAN_VNI).to_ne_bytes());
+    let inner = vx + 8;
+    h[inner..inner + 6].copy_from_slice(&fib.dmac);
+    h[inner + 6..inner + 12].copy_from_slice(&fib.smac);
+    h[inner + 12..inner + 14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    if ctx.store(0, &h, 0).is_err() {
+        return Some(TC_ACT_SHOT);
+    }
+    // SAFETY: plain helper call.
+    Some(unsafe { bpf_redirect(out.ifindex, 0) } as i32)
 }
 
 /// Tc ingress of a pod's host-side veth: what the pod sends.

@@ -249,7 +249,8 @@ pub fn reconcile(args: &Args, nl: &mut Netlink, snap: &Snapshot, host_routing: O
                     IpAddr::V4(v4) => v4,
                     IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
                 },
-                vxlan: vxlan.map(|_| (args.vxlan_port, args.vni)),
+                underlay_if: underlay.index,
+                vxlan: vxlan.map(|index| (args.vxlan_port, args.vni, index)),
             };
             Some(hr.ensure(&params, &interfaces)?)
         }

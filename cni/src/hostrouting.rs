@@ -43,8 +43,10 @@ pub struct Params {
     pub local: Vec<IpNetwork>,
     /// This node's underlay address (the outer destination of VXLAN packets).
     pub node_ip: std::net::Ipv4Addr,
-    /// (UDP port, VNI) when this node runs a VXLAN device.
-    pub vxlan: Option<(u16, u32)>,
+    /// The underlay interface's index.
+    pub underlay_if: u32,
+    /// (UDP port, VNI, device ifindex) when this node runs a VXLAN device.
+    pub vxlan: Option<(u16, u32, u32)>,
 }
 
 /// The programs' configuration: the IPv4 cluster ranges, this node's IPv4
@@ -69,11 +71,13 @@ pub fn config(p: &Params) -> Config {
         cfg[1 + 2 * MAX_CLUSTER] = addr;
         cfg[2 + 2 * MAX_CLUSTER] = mask;
     }
-    if let Some((port, vni)) = p.vxlan {
+    if let Some((port, vni, index)) = p.vxlan {
         cfg[11] = u32::from(u16::from_ne_bytes(port.to_be_bytes()));
         cfg[12] = u32::from_ne_bytes((vni << 8).to_be_bytes());
+        cfg[14] = index;
     }
     cfg[13] = u32::from_ne_bytes(p.node_ip.octets());
+    cfg[15] = p.underlay_if;
     cfg
 }
 
@@ -197,7 +201,7 @@ mod tests {
     use super::*;
 
     fn params(cluster: Vec<IpNetwork>, local: Vec<IpNetwork>) -> Params {
-        Params { cluster, local, node_ip: "192.0.2.1".parse().unwrap(), vxlan: Some((8472, 1)) }
+        Params { cluster, local, node_ip: "192.0.2.1".parse().unwrap(), underlay_if: 2, vxlan: Some((8472, 1, 7)) }
     }
 
     #[test]
@@ -213,6 +217,7 @@ mod tests {
         assert_eq!(c[11].to_ne_bytes(), [0x21, 0x18, 0, 0], "8472 as the UDP header holds it");
         assert_eq!(c[12].to_ne_bytes(), [0, 0, 1, 0], "VNI 1 in bytes 4..7 of the VXLAN header");
         assert_eq!(c[13].to_ne_bytes(), [192, 0, 2, 1]);
+        assert_eq!((c[14], c[15]), (7, 2), "VXLAN device and underlay ifindexes");
         let no_vxlan = config(&Params { vxlan: None, ..params(vec![], vec![]) });
         assert_eq!(no_vxlan[11], 0, "port 0: no decapsulation");
     }

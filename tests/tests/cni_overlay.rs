@@ -291,14 +291,16 @@ fn nft(c: &Cluster, node: usize, args: &[&str]) -> String {
 }
 
 /// Counts what node `node`'s forward hook sees, and the VXLAN packets its
-/// input hook delivers to the VXLAN device's socket, in a table of the
-/// test's own.
+/// input hook delivers to the VXLAN device's socket and its output hook
+/// sees the device send, in a table of the test's own.
 fn count_forwarded(c: &Cluster, node: usize) {
     nft(c, node, &["add table ip fwcount"]);
     nft(c, node, &["add chain ip fwcount fw { type filter hook forward priority 0 ; policy accept ; }"]);
     nft(c, node, &["add rule ip fwcount fw counter"]);
     nft(c, node, &["add chain ip fwcount vxlan_in { type filter hook input priority 0 ; policy accept ; }"]);
     nft(c, node, &["add rule ip fwcount vxlan_in udp dport 8472 counter"]);
+    nft(c, node, &["add chain ip fwcount vxlan_out { type filter hook output priority 0 ; policy accept ; }"]);
+    nft(c, node, &["add rule ip fwcount vxlan_out udp dport 8472 counter"]);
 }
 
 /// Packets the forward hook of node `node` has seen since [`count_forwarded`].
@@ -362,8 +364,10 @@ fn ebpf_host_routing_bypasses_the_forward_path() {
         bulk(&c, &b1, &a2, &a2_ip);
         full_mss_transfer(&c, &a1, &b1, &b1_ip, mtu);
         assert_eq!((forwarded(&c, 0), forwarded(&c, 1)), (0, 0), "{backend}: pod-to-pod traffic skipped both forward hooks");
-        // VXLAN: decapsulated at tc on the underlay, never delivered to the VXLAN socket.
+        // VXLAN: encapsulated at tc on the pod's veth and decapsulated at tc on
+        // the underlay, so the VXLAN device neither sends nor receives a packet.
         assert_eq!((counted(&c, 0, "vxlan_in"), counted(&c, 1, "vxlan_in")), (0, 0), "{backend}: VXLAN decapsulated at tc");
+        assert_eq!((counted(&c, 0, "vxlan_out"), counted(&c, 1, "vxlan_out")), (0, 0), "{backend}: VXLAN encapsulated at tc");
         // TTL: 64 at the sender, minus one per node crossed (two), as the kernel path does.
         let mut p = Command::new("ping");
         p.args(["-c", "1", "-W", "2", &a1_ip]);
