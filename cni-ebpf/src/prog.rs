@@ -1,6 +1,6 @@
 //! The two classifiers and their shared forwarding step.
 
-use core::mem::size_of;
+use core::mem::{size_of, MaybeUninit};
 
 use aya_ebpf::{
     bindings::{
@@ -57,6 +57,28 @@ const OUTER_TTL: u8 = 64;
 const SPORT_MIN: u32 = 32_768;
 const SPORT_SPAN: u32 = 28_232;
 
+/// Zeroes `v` in place with word stores and hands it out initialised.
+/// `core::mem::zeroed`, `[0; N]` and zeroing a temporary that is then moved
+/// all become calls to the object's `memset`, a byte loop, on every packet.
+#[inline(always)]
+fn zeroed<T>(v: &mut MaybeUninit<T>) -> &mut T {
+    const { assert!(size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let p = v.as_mut_ptr() as *mut u32;
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        // SAFETY: in bounds of v, 4-aligned (asserted above).
+        unsafe { p.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte is written; all-zero is valid for the plain-data
+    // types used here.
+    unsafe { v.assume_init_mut() }
+}
+
+/// The outer headers [`vxlan_encap`] writes, aligned for [`zeroed`].
+#[repr(C, align(4))]
+struct Headers([u8; VXLAN_OUTER + ETH_HLEN]);
+
 #[inline(always)]
 fn cfg(i: usize) -> u32 {
     // SAFETY: a read of our own .rodata; volatile so the loader's value is used.
@@ -110,8 +132,8 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 
     if ttl <= 1 {
         return TC_ACT_UNSPEC; // the stack answers with ICMP time exceeded
     }
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut fib_slot = MaybeUninit::<FibParams>::uninit();
+    let fib = zeroed(&mut fib_slot);
     fib.family = AF_INET;
     // SAFETY: reading ifindex from the valid skb context.
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -120,7 +142,7 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 
     fib.__bindgen_anon_3.ipv4_src = saddr;
     fib.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: fib is a valid, initialised struct on our stack.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, size_of::<FibParams>() as i32, 0) };
     let resolved = rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS);
     if !resolved && rc != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         return TC_ACT_UNSPEC; // local, blackhole, unreachable, needs fragmenting...
@@ -136,21 +158,20 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 
     }
     if !resolved {
         // The next hop's MAC is not known yet: the neighbour subsystem resolves it.
-        // SAFETY: zeroed then filled; a plain-data union.
-        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        let mut nh_slot = MaybeUninit::<bpf_redir_neigh>::uninit();
+        let nh = zeroed(&mut nh_slot);
         nh.nh_family = u32::from(AF_INET);
         nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
         // SAFETY: nh is valid for the call.
-        return unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) } as i32;
+        return unsafe { bpf_redirect_neigh(fib.ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0) } as i32;
     }
     if !peer && cfg(VXLAN_PORT) != 0 && fib.ifindex == cfg(VXLAN_IF) && fib.dmac[..2] == VTEP_OUI {
-        if let Some(rc) = vxlan_encap(ctx, &fib) {
+        if let Some(rc) = vxlan_encap(ctx, fib) {
             return rc;
         }
     }
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&fib.dmac);
-    macs[6..].copy_from_slice(&fib.smac);
+    let (d, s) = (fib.dmac, fib.smac);
+    let macs = [d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5]];
     if ctx.store(0, &macs, 0).is_err() {
         return TC_ACT_UNSPEC;
     }
@@ -175,8 +196,8 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 
 #[inline(always)]
 fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
     let remote = u32::from_ne_bytes([fib.dmac[2], fib.dmac[3], fib.dmac[4], fib.dmac[5]]);
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut out: FibParams = unsafe { core::mem::zeroed() };
+    let mut out_slot = MaybeUninit::<FibParams>::uninit();
+    let out = zeroed(&mut out_slot);
     out.family = AF_INET;
     out.l4_protocol = IPPROTO_UDP;
     out.ifindex = cfg(UNDERLAY_IF);
@@ -193,7 +214,7 @@ fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
         out.__bindgen_anon_1.tot_len = outer_len as u16;
     }
     // SAFETY: out is a valid, initialised struct on our stack.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut out, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), out, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || out.ifindex != cfg(UNDERLAY_IF) {
         return None;
     }
@@ -207,7 +228,8 @@ fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
     let flags = u64::from(flags) | ((ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
     ctx.adjust_room(VXLAN_OUTER as i32, BPF_ADJ_ROOM_MAC, flags).ok()?;
     // From here on the packet is committed to this path.
-    let mut h = [0u8; VXLAN_OUTER + ETH_HLEN];
+    let mut hdr = MaybeUninit::<Headers>::uninit();
+    let h = &mut zeroed(&mut hdr).0;
     h[..6].copy_from_slice(&out.dmac);
     h[6..12].copy_from_slice(&out.smac);
     h[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
@@ -242,7 +264,7 @@ fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
     h[inner..inner + 6].copy_from_slice(&fib.dmac);
     h[inner + 6..inner + 12].copy_from_slice(&fib.smac);
     h[inner + 12..inner + 14].copy_from_slice(&ETH_P_IP.to_be_bytes());
-    if ctx.store(0, &h, 0).is_err() {
+    if ctx.store(0, h, 0).is_err() {
         return Some(TC_ACT_SHOT);
     }
     // SAFETY: plain helper call.
