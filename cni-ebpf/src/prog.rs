@@ -14,24 +14,11 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
-/// Set by the daemon at load time (`EbpfLoader::override_global`); all
-/// addresses and masks in network byte order as read from a packet:
-/// `[0]` how many cluster ranges follow (at most [`MAX_CLUSTER`]),
-/// `[1 + 2i]`/`[2 + 2i]` cluster range `i` (address, mask),
-/// `[9]`/`[10]` this node's pod range (address, mask),
-/// `[11]` the VXLAN UDP port (0: no VXLAN), `[12]` the VXLAN header's
-/// second word for our VNI (VNI << 8), `[13]` this node's underlay address,
-/// `[14]` the VXLAN device's ifindex, `[15]` the underlay's.
-#[unsafe(no_mangle)]
-static SLC_CNI_CFG: [u32; 16] = [0; 16];
+use cni_ebpf::{Config, MAX_CLUSTER};
 
-const MAX_CLUSTER: usize = 4;
-const LOCAL: usize = 1 + 2 * MAX_CLUSTER;
-const VXLAN_PORT: usize = 11;
-const VXLAN_VNI: usize = 12;
-const NODE_IP: usize = 13;
-const VXLAN_IF: usize = 14;
-const UNDERLAY_IF: usize = 15;
+/// Set by the daemon at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static SLC_CNI_CFG: Config = Config::ZERO;
 
 /// "Not mine": TCX runs the next program (or the stack) on the unchanged packet.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -79,18 +66,21 @@ fn zeroed<T>(v: &mut MaybeUninit<T>) -> &mut T {
 #[repr(C, align(4))]
 struct Headers([u8; VXLAN_OUTER + ETH_HLEN]);
 
-#[inline(always)]
-fn cfg(i: usize) -> u32 {
-    // SAFETY: a read of our own .rodata; volatile so the loader's value is used.
-    unsafe { core::ptr::read_volatile(&SLC_CNI_CFG[i]) }
+/// One field of [`SLC_CNI_CFG`], read volatile so the loader's value is used
+/// rather than the compile-time zero.
+macro_rules! conf {
+    ($($field:tt)+) => {
+        // SAFETY: a read of our own .rodata.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(SLC_CNI_CFG.$($field)+)) }
+    };
 }
 
 #[inline(always)]
 fn in_cluster(addr: u32) -> bool {
-    let n = cfg(0) as usize;
+    let n = conf!(cluster_count) as usize;
     let mut i = 0;
     while i < MAX_CLUSTER {
-        if i < n && addr & cfg(2 + 2 * i) == cfg(1 + 2 * i) {
+        if i < n && addr & conf!(cluster[i][1]) == conf!(cluster[i][0]) {
             return true;
         }
         i += 1;
@@ -100,8 +90,8 @@ fn in_cluster(addr: u32) -> bool {
 
 #[inline(always)]
 fn is_local_pod(addr: u32) -> bool {
-    let mask = cfg(LOCAL + 1);
-    mask != 0 && addr & mask == cfg(LOCAL)
+    let mask = conf!(local[1]);
+    mask != 0 && addr & mask == conf!(local[0])
 }
 
 #[inline(always)]
@@ -165,7 +155,7 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, ttl: u8, peer: bool) -> i32 
         // SAFETY: nh is valid for the call.
         return unsafe { bpf_redirect_neigh(fib.ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0) } as i32;
     }
-    if !peer && cfg(VXLAN_PORT) != 0 && fib.ifindex == cfg(VXLAN_IF) && fib.dmac[..2] == VTEP_OUI {
+    if !peer && conf!(vxlan_port) != 0 && fib.ifindex == conf!(vxlan_if) && fib.dmac[..2] == VTEP_OUI {
         if let Some(rc) = vxlan_encap(ctx, fib) {
             return rc;
         }
@@ -200,8 +190,8 @@ fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
     let out = zeroed(&mut out_slot);
     out.family = AF_INET;
     out.l4_protocol = IPPROTO_UDP;
-    out.ifindex = cfg(UNDERLAY_IF);
-    out.__bindgen_anon_3.ipv4_src = cfg(NODE_IP);
+    out.ifindex = conf!(underlay_if);
+    out.__bindgen_anon_3.ipv4_src = conf!(node_ip);
     out.__bindgen_anon_4.ipv4_dst = remote;
     // The outer packet: the inner one behind IPv4, UDP, VXLAN and Ethernet headers.
     let outer_len = ctx.len() - ETH_HLEN as u32 + VXLAN_OUTER as u32;
@@ -215,7 +205,7 @@ fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
     }
     // SAFETY: out is a valid, initialised struct on our stack.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), out, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || out.ifindex != cfg(UNDERLAY_IF) {
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || out.ifindex != conf!(underlay_if) {
         return None;
     }
     let tos = load::<u8>(ctx, ETH_HLEN + 1)?;
@@ -241,7 +231,7 @@ fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
     h[ip + 4..ip + 6].copy_from_slice(&(hash as u16).to_be_bytes());
     h[ip + 8] = OUTER_TTL;
     h[ip + 9] = IPPROTO_UDP;
-    h[ip + 12..ip + 16].copy_from_slice(&cfg(NODE_IP).to_ne_bytes());
+    h[ip + 12..ip + 16].copy_from_slice(&conf!(node_ip).to_ne_bytes());
     h[ip + 16..ip + 20].copy_from_slice(&remote.to_ne_bytes());
     let mut sum = 0u32;
     let mut i = 0;
@@ -255,11 +245,11 @@ fn vxlan_encap(ctx: &TcContext, fib: &FibParams) -> Option<i32> {
     let udp = ip + 20;
     let sport = (SPORT_MIN + (hash >> 16) % SPORT_SPAN) as u16;
     h[udp..udp + 2].copy_from_slice(&sport.to_be_bytes());
-    h[udp + 2..udp + 4].copy_from_slice(&(cfg(VXLAN_PORT) as u16).to_ne_bytes());
+    h[udp + 2..udp + 4].copy_from_slice(&(conf!(vxlan_port) as u16).to_ne_bytes());
     h[udp + 4..udp + 6].copy_from_slice(&(ip_len - 20).to_be_bytes());
     let vx = udp + 8;
     h[vx] = VXLAN_FLAG_VNI;
-    h[vx + 4..vx + 8].copy_from_slice(&cfg(VXLAN_VNI).to_ne_bytes());
+    h[vx + 4..vx + 8].copy_from_slice(&conf!(vxlan_vni).to_ne_bytes());
     let inner = vx + 8;
     h[inner..inner + 6].copy_from_slice(&fib.dmac);
     h[inner + 6..inner + 12].copy_from_slice(&fib.smac);
@@ -290,16 +280,16 @@ pub fn slc_from_pod(ctx: TcContext) -> i32 {
 /// protocol) is left to the kernel's VXLAN device.
 #[inline(always)]
 fn vxlan_decap(ctx: &TcContext) -> Option<(u32, u32, u8)> {
-    let port = cfg(VXLAN_PORT);
+    let port = conf!(vxlan_port);
     if port == 0
         || u16::from_be(load::<u16>(ctx, 12)?) != ETH_P_IP
         || load::<u8>(ctx, ETH_HLEN)? != 0x45
         || u16::from_be(load::<u16>(ctx, ETH_HLEN + 6)?) & 0x3fff != 0
         || load::<u8>(ctx, ETH_HLEN + 9)? != IPPROTO_UDP
-        || load::<u32>(ctx, ETH_HLEN + 16)? != cfg(NODE_IP)
+        || load::<u32>(ctx, ETH_HLEN + 16)? != conf!(node_ip)
         || u32::from(load::<u16>(ctx, UDP_OFF + 2)?) != port
         || load::<u8>(ctx, VXLAN_OFF)? & VXLAN_FLAG_VNI == 0
-        || load::<u32>(ctx, VXLAN_OFF + 4)? & u32::from_ne_bytes([0xff, 0xff, 0xff, 0]) != cfg(VXLAN_VNI)
+        || load::<u32>(ctx, VXLAN_OFF + 4)? & u32::from_ne_bytes([0xff, 0xff, 0xff, 0]) != conf!(vxlan_vni)
     {
         return None;
     }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use cni_ebpf::Config;
 use ipnetwork::IpNetwork;
 use tracing::info;
 
@@ -23,7 +24,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sl
 pub const FROM_POD: &str = "slc_from_pod";
 pub const TO_POD: &str = "slc_to_pod";
 const CONFIG: &str = "SLC_CNI_CFG";
-const MAX_CLUSTER: usize = 4;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,38 +50,31 @@ pub struct Params {
 }
 
 /// The programs' configuration: the IPv4 cluster ranges, this node's IPv4
-/// pod range, the VXLAN port and VNI, this node's address; all as the
+/// pod range, the VXLAN port and VNI, this node's address, all as the
 /// programs read them from packets (network byte order). IPv6 ranges are
 /// not fast-pathed.
 pub fn config(p: &Params) -> Config {
-    let (cluster, local) = (&p.cluster, &p.local);
     let v4 = |n: &IpNetwork| match n {
-        IpNetwork::V4(n) => Some((u32::from_ne_bytes(n.network().octets()), u32::from_ne_bytes(n.mask().octets()))),
+        IpNetwork::V4(n) => Some([u32::from_ne_bytes(n.network().octets()), u32::from_ne_bytes(n.mask().octets())]),
         IpNetwork::V6(_) => None,
     };
-    let mut cfg = [0u32; 16];
-    let mut n = 0;
-    for (addr, mask) in cluster.iter().filter_map(v4).take(MAX_CLUSTER) {
-        cfg[1 + 2 * n] = addr;
-        cfg[2 + 2 * n] = mask;
-        n += 1;
+    let mut cfg = Config::ZERO;
+    for (slot, range) in cfg.cluster.iter_mut().zip(p.cluster.iter().filter_map(v4)) {
+        *slot = range;
+        cfg.cluster_count += 1;
     }
-    cfg[0] = n as u32;
-    if let Some((addr, mask)) = local.iter().find_map(v4) {
-        cfg[1 + 2 * MAX_CLUSTER] = addr;
-        cfg[2 + 2 * MAX_CLUSTER] = mask;
+    if let Some(range) = p.local.iter().find_map(v4) {
+        cfg.local = range;
     }
     if let Some((port, vni, index)) = p.vxlan {
-        cfg[11] = u32::from(u16::from_ne_bytes(port.to_be_bytes()));
-        cfg[12] = u32::from_ne_bytes((vni << 8).to_be_bytes());
-        cfg[14] = index;
+        cfg.vxlan_port = u32::from(u16::from_ne_bytes(port.to_be_bytes()));
+        cfg.vxlan_vni = u32::from_ne_bytes((vni << 8).to_be_bytes());
+        cfg.vxlan_if = index;
     }
-    cfg[13] = u32::from_ne_bytes(p.node_ip.octets());
-    cfg[15] = p.underlay_if;
+    cfg.node_ip = u32::from_ne_bytes(p.node_ip.octets());
+    cfg.underlay_if = p.underlay_if;
     cfg
 }
-
-pub type Config = [u32; 16];
 
 /// Loaded programs and where `slc_to_pod` is attached (interface name ->
 /// (ifindex, link id)).
@@ -169,8 +162,8 @@ impl HostRouting {
         }
         let prog: &mut SchedClassifier = bpf.program_mut(FROM_POD).expect("loaded above").try_into().expect("checked above");
         prog.pin(&pin).map_err(|e| Error::Load(format!("pinning {FROM_POD} at {}: {e}", pin.display())))?;
-        let local = cfg[9].to_ne_bytes();
-        info!(pin = %pin.display(), local_v4 = %IpAddr::from(local), cluster_ranges = cfg[0], "host-routing programs loaded");
+        let local = cfg.local[0].to_ne_bytes();
+        info!(pin = %pin.display(), local_v4 = %IpAddr::from(local), cluster_ranges = cfg.cluster_count, "host-routing programs loaded");
         Ok(Loaded { cfg, bpf, attached: BTreeMap::new() })
     }
 }
@@ -209,22 +202,22 @@ mod tests {
         let cluster: Vec<IpNetwork> = vec!["198.18.0.0/16".parse().unwrap(), "2001:db8:1::/48".parse().unwrap()];
         let local: Vec<IpNetwork> = vec!["2001:db8:1:1::/64".parse().unwrap(), "198.18.1.0/24".parse().unwrap()];
         let c = config(&params(cluster, local));
-        assert_eq!(c[0], 1, "one IPv4 cluster range");
-        assert_eq!(c[1].to_ne_bytes(), [198, 18, 0, 0]);
-        assert_eq!(c[2].to_ne_bytes(), [255, 255, 0, 0]);
-        assert_eq!(c[9].to_ne_bytes(), [198, 18, 1, 0]);
-        assert_eq!(c[10].to_ne_bytes(), [255, 255, 255, 0]);
-        assert_eq!(c[11].to_ne_bytes(), [0x21, 0x18, 0, 0], "8472 as the UDP header holds it");
-        assert_eq!(c[12].to_ne_bytes(), [0, 0, 1, 0], "VNI 1 in bytes 4..7 of the VXLAN header");
-        assert_eq!(c[13].to_ne_bytes(), [192, 0, 2, 1]);
-        assert_eq!((c[14], c[15]), (7, 2), "VXLAN device and underlay ifindexes");
+        assert_eq!(c.cluster_count, 1, "one IPv4 cluster range");
+        assert_eq!(c.cluster[0][0].to_ne_bytes(), [198, 18, 0, 0]);
+        assert_eq!(c.cluster[0][1].to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(c.local[0].to_ne_bytes(), [198, 18, 1, 0]);
+        assert_eq!(c.local[1].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(c.vxlan_port.to_ne_bytes(), [0x21, 0x18, 0, 0], "8472 as the UDP header holds it");
+        assert_eq!(c.vxlan_vni.to_ne_bytes(), [0, 0, 1, 0], "VNI 1 in bytes 4..7 of the VXLAN header");
+        assert_eq!(c.node_ip.to_ne_bytes(), [192, 0, 2, 1]);
+        assert_eq!((c.vxlan_if, c.underlay_if), (7, 2), "VXLAN device and underlay ifindexes");
         let no_vxlan = config(&Params { vxlan: None, ..params(vec![], vec![]) });
-        assert_eq!(no_vxlan[11], 0, "port 0: no decapsulation");
+        assert_eq!(no_vxlan.vxlan_port, 0, "port 0: no decapsulation");
     }
 
     #[test]
     fn config_keeps_at_most_four_cluster_ranges() {
         let cluster: Vec<IpNetwork> = (0..6).map(|i| format!("10.{i}.0.0/16").parse().unwrap()).collect();
-        assert_eq!(config(&params(cluster, vec![]))[0], 4);
+        assert_eq!(config(&params(cluster, vec![])).cluster_count, 4);
     }
 }
