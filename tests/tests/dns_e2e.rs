@@ -59,14 +59,7 @@ impl Drop for Dns {
 
 /// A free port on `ip` for both UDP and TCP (probed, then released).
 fn free_port(ip: &str) -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind((ip, 0)).expect("binding a probe socket on loopback");
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on {ip}");
+    bound_pair(ip).0.local_addr().unwrap().port()
 }
 
 fn write_upstreams(dir: &TempDir, upstreams: &[SocketAddr]) -> PathBuf {
@@ -244,10 +237,23 @@ fn fake_answer(q: &[u8], tcp: bool) -> Option<Vec<u8>> {
     Some(r)
 }
 
+/// A UDP socket and a TCP listener on one port of `ip`, bound without
+/// letting go of the port in between (sluice-dns's own upstream sockets may
+/// take a port [`free_port`] just probed).
+fn bound_pair(ip: &str) -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind((ip, 0)).expect("binding a UDP socket");
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = TcpListener::bind((ip, port)) {
+            return (udp, tcp);
+        }
+    }
+    panic!("no port free for both UDP and TCP on {ip}");
+}
+
 fn start_upstream(ip: &str) -> FakeUpstream {
-    let port = free_port(ip);
-    let udp = UdpSocket::bind((ip, port)).unwrap();
-    let tcp = TcpListener::bind((ip, port)).unwrap();
+    let (udp, tcp) = bound_pair(ip);
+    let port = udp.local_addr().unwrap().port();
     udp.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     tcp.set_nonblocking(true).unwrap();
     let queries = Arc::new(AtomicUsize::new(0));
