@@ -187,6 +187,21 @@ impl Topology {
                 "0",
             ],
         ));
+        // The bridge stands for a switch, which costs the nodes nothing.
+        // Where br_netfilter is present (built into these kernels), every
+        // new namespace starts with bridge-nf-call-* = 1: each bridged frame
+        // would get an skb extension and a pass through the IPv4/IPv6 hooks
+        // here, on the same CPUs the nodes use, once per crossing.
+        if Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+            must(sys::sysctls(
+                &ul,
+                &[
+                    ("net.bridge.bridge-nf-call-iptables", "0"),
+                    ("net.bridge.bridge-nf-call-ip6tables", "0"),
+                    ("net.bridge.bridge-nf-call-arptables", "0"),
+                ],
+            ));
+        }
         must(sys::ip_in(&ul, &["link", "set", UNDERLAY_BRIDGE, "up"]));
         topo
     }

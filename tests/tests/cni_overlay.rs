@@ -250,11 +250,20 @@ fn vxlan_pods_reach_each_other_across_nodes_with_full_size_packets() {
     ping(&c.topo, &a1, &a2_ip, &[]).unwrap();
 }
 
+/// Mixed host-gw and VXLAN, with the kernel forwarding and with
+/// `--host-routing ebpf` (whose programs pick encapsulation per packet from
+/// the FIB's answer: the VXLAN device or the underlay).
 #[test]
 fn host_gw_routes_directly_and_mixed_subnets_fall_back_to_vxlan() {
     if !require_root() {
         return;
     }
+    for ebpf in [false, true] {
+        mixed_host_gw_and_vxlan(ebpf);
+    }
+}
+
+fn mixed_host_gw_and_vxlan(ebpf: bool) {
     // a and b share 192.0.2.0/25; c sits at 192.0.2.200/25, "another subnet".
     let c = cluster(
         &[
@@ -263,7 +272,7 @@ fn host_gw_routes_directly_and_mixed_subnets_fall_back_to_vxlan() {
             ("c", Ipv4Addr::new(192, 0, 2, 200), 25, "198.18.3.0/24"),
         ],
         "host-gw",
-        false,
+        ebpf,
     );
     let mut ns = PodNetns::new();
     let (a1, a1_ip) = add_pod(&c, &mut ns, 0, "a1");
@@ -276,9 +285,24 @@ fn host_gw_routes_directly_and_mixed_subnets_fall_back_to_vxlan() {
     for (from, to) in [(&a1, &b1_ip), (&b1, &a1_ip), (&a1, &c1_ip), (&c1, &b1_ip)] {
         ping_eventually(&c.topo, from, to, &[]);
     }
+    if ebpf {
+        // From here on: the underlay neighbours are known (until then the
+        // programs leave a packet to the VXLAN device, which resolves them).
+        count_forwarded(&c, 0);
+    }
     // Full-size packets between on-link nodes: no encapsulation.
     ping(&c.topo, &a1, &b1_ip, &["-M", "do", "-s", "1472"]).unwrap();
     full_mss_transfer(&c, &a1, &b1, &b1_ip, 1500);
+    // To c, through VXLAN: DF pings up to what the VXLAN device's MTU
+    // allows, and bulk TCP (the pods' MTU is the underlay's in host-gw mode,
+    // so path MTU discovery brings the segments down to fit).
+    ping(&c.topo, &a1, &c1_ip, &["-M", "do", "-s", "1422"]).unwrap();
+    bulk(&c, &c1, &a1, &a1_ip);
+    bulk(&c, &a1, &c1, &c1_ip);
+    if ebpf {
+        assert_eq!(forwarded(&c, 0), 0, "ebpf: node a forwarded nothing in the kernel, host-gw or VXLAN");
+        assert_eq!(counted(&c, 0, "vxlan_out"), 0, "ebpf: VXLAN to c encapsulated at tc");
+    }
 }
 
 /// `nft` in node `node`'s namespace; its output, panicking on failure.
