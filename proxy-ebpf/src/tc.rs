@@ -42,15 +42,15 @@ use proxy_common::{
 use crate::sock_lb::{SLC_BE4, SLC_SVC4};
 
 #[map]
-static SLC_CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(262_144, 0);
+pub(crate) static SLC_CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(262_144, 0);
 #[map]
 static SLC_MAGLEV4: HashMap<MaglevKey, u32> = HashMap::pinned(65_536, 0);
 #[map]
-static SLC_SRCR4: LpmTrie<SourceRangeKey4, u32> = LpmTrie::pinned(16_384, 0);
+pub(crate) static SLC_SRCR4: LpmTrie<SourceRangeKey4, u32> = LpmTrie::pinned(16_384, 0);
 #[map]
 static SLC_NPBIND: HashMap<NodePortBindKey, u32> = HashMap::pinned(16_384, 0);
 #[map]
-static SLC_EXTCFG: Array<ExternalConfig> = Array::pinned(1, 0);
+pub(crate) static SLC_EXTCFG: Array<ExternalConfig> = Array::pinned(1, 0);
 #[map]
 static SLC_EXTIP4: HashMap<u32, u32> = HashMap::pinned(16_384, 0);
 

@@ -21,7 +21,7 @@ use std::{
 use aya::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, Map, MapData, MapError},
     programs::{
-        links::FdLink, LinkOrder, SchedClassifier, TcAttachType,
+        links::FdLink, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::TcAttachOptions,
     },
     Ebpf,
@@ -54,6 +54,9 @@ pub const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct ExternalAttach {
     /// Interfaces facing clients outside the cluster (and other nodes).
     pub interfaces: Vec<String>,
+    /// Attach the XDP fast path too (native mode only; tc alone where the
+    /// driver has none).
+    pub xdp: bool,
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -89,7 +92,49 @@ pub fn attach(bpf: &mut Ebpf, links: &Path, cgroup_dir: &File, opts: &ExternalAt
             info!(program = name, interface = %ifname, "attached (tcx) and pinned");
         }
     }
+    if opts.xdp {
+        attach_xdp(bpf, links, &opts.interfaces)?;
+    } else {
+        // A previous agent's XDP links: unpinned, they detach.
+        for ifname in &opts.interfaces {
+            let pin = links.join(format!("{}@{ifname}", names::PROG_XDP));
+            if pin.exists() {
+                std::fs::remove_file(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
+                info!(interface = %ifname, "XDP fast path off: detached");
+            }
+        }
+    }
     crate::ebpf::attach_cgroup_program(bpf, names::PROG_BIND4, cgroup_dir, links)?;
+    Ok(())
+}
+
+/// The XDP fast path in native (driver) mode on every interface that
+/// supports it, pinned like the tc links; where the driver refuses, a
+/// warning and tc alone (generic XDP would only add a pass before tc).
+fn attach_xdp(bpf: &mut Ebpf, links: &Path, interfaces: &[String]) -> Result<()> {
+    let name = names::PROG_XDP;
+    let prog: &mut Xdp =
+        bpf.program_mut(name).ok_or(Error::MissingProgram(name))?.try_into().map_err(|source| Error::Program { name, source })?;
+    prog.load().map_err(|source| Error::Program { name, source })?;
+    for ifname in interfaces {
+        let pin = links.join(format!("{name}@{ifname}"));
+        if pin.exists() {
+            let link = sys::obj_get(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
+            let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
+            sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| Error::Link { path: pin.clone(), source })?;
+            debug!(program = name, interface = %ifname, "replaced program behind pinned XDP link");
+            continue;
+        }
+        match prog.attach(ifname, XdpMode::Driver) {
+            Ok(id) => {
+                let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
+                let link = FdLink::try_from(link).map_err(|e| io_err(&pin, e))?;
+                link.pin(&pin).map_err(|e| io_err(&pin, e))?;
+                info!(program = name, interface = %ifname, "attached (native XDP) and pinned");
+            }
+            Err(e) => warn!(interface = %ifname, error = %e, "no native XDP on this interface; tc alone serves it"),
+        }
+    }
     Ok(())
 }
 
@@ -99,7 +144,11 @@ pub fn pinned_links(links: &Path) -> Vec<PathBuf> {
     if let Ok(dir) = std::fs::read_dir(links) {
         for e in dir.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(names::PROG_TC_INGRESS) || n.starts_with(names::PROG_TC_EGRESS) || n == names::PROG_BIND4 {
+            if n.starts_with(names::PROG_TC_INGRESS)
+                || n.starts_with(names::PROG_TC_EGRESS)
+                || n.starts_with(&format!("{}@", names::PROG_XDP))
+                || n == names::PROG_BIND4
+            {
                 out.push(e.path());
             }
         }

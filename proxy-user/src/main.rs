@@ -77,6 +77,11 @@ struct RunArgs {
     /// and ExternalIPs there at tc (off when empty).
     #[arg(long, value_delimiter = ',')]
     external_interfaces: Vec<String>,
+    /// Also attach the XDP fast path (native mode) to --external-interfaces:
+    /// packets of flows tc already tracks are forwarded before an skb
+    /// exists. An interface whose driver has no native XDP keeps tc alone.
+    #[arg(long)]
+    external_xdp: bool,
     /// This node's addresses for NodePorts (default: the IPv4 addresses of
     /// --external-interfaces).
     #[arg(long, value_delimiter = ',')]
@@ -134,7 +139,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--maglev-table-size {} is not a prime", a.maglev_table_size);
             }
             let external = (!a.external_interfaces.is_empty()).then(|| agent::ExternalSettings {
-                attach: proxy_user::external_dp::ExternalAttach { interfaces: a.external_interfaces.clone() },
+                attach: proxy_user::external_dp::ExternalAttach {
+                    interfaces: a.external_interfaces.clone(),
+                    xdp: a.external_xdp,
+                },
                 node_ips: a.node_ip.clone(),
                 model: proxy_user::external::ExternalConfig {
                     node_ips: Vec::new(),

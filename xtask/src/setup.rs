@@ -25,6 +25,8 @@ pub const PACKAGES: &[&str] = &[
     "hyperfine",
     "sockperf",
     "tcpdump",
+    // The XDP test makes veth frames wire-like (checksums, NAPI).
+    "ethtool",
     // The benchmark plots draw text with this font (no fontconfig needed).
     "fonts-dejavu-core",
     "llvm-22-dev",

@@ -197,7 +197,9 @@ pub mod external {
     /// port, or UDP to a TCP-only port) is rejected rather than left to a
     /// stack that would drop or forward it.
     pub const EXTERNAL_IPS4: &str = "SLC_EXTIP4";
-    pub const MAPS: [&str; 6] = [CONNTRACK4, MAGLEV4, SOURCE_RANGES4, NODEPORT_BIND, CONFIG, EXTERNAL_IPS4];
+    /// Per-CPU packet counters of the XDP program, indexed by `XDP_STAT_*`.
+    pub const XDP_STATS: &str = "SLC_XDPSTAT";
+    pub const MAPS: [&str; 7] = [CONNTRACK4, MAGLEV4, SOURCE_RANGES4, NODEPORT_BIND, CONFIG, EXTERNAL_IPS4, XDP_STATS];
 
     pub const PROG_TC_INGRESS: &str = "slc_tc_ingress";
     pub const PROG_TC_EGRESS: &str = "slc_tc_egress";
@@ -238,6 +240,11 @@ pub struct ExternalConfig {
 /// interface it came in on is handed straight to the ingress of the veth's
 /// peer (`bpf_redirect_peer`), skipping a pass through the CPU's backlog.
 pub const EXT_F_PEER_REDIRECT: u32 = 1 << 0;
+
+/// Slots of the XDP program's per-CPU counters: packets it forwarded, and
+/// packets it passed on to the stack (and tc).
+pub const XDP_STAT_FORWARDED: u32 = 0;
+pub const XDP_STAT_PASSED: u32 = 1;
 
 /// Direction of a conntrack entry.
 pub const CT_FORWARD: u8 = 0;
