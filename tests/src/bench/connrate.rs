@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::lab::{rate_service, Lab, Needs, Variant, RATE_TCP_PORT, RATE_UDP_PORT, VIP_RATE};
-use super::stats::{Rounds, Row};
+use super::stats::Row;
+use super::throughput::measure_variants;
 use super::workload;
 use super::{Args, Plan, Progress};
 
@@ -56,45 +57,21 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
         }
         for (proto, vport, dport) in [("tcp", 80u16, RATE_TCP_PORT), ("udp", 81, RATE_UDP_PORT)] {
             let name = format!("{} rate, {scale} services", proto.to_uppercase());
-            let mut rounds = Rounds::new(&order);
-            for r in 0..plan.rounds {
-                let mut values = vec![f64::NAN; order.len()];
-                for k in 0..order.len() {
-                    let idx = (k + r) % order.len();
-                    let variant = order[idx];
-                    let v = match variant {
-                        "sluice" => Variant::Sluice,
-                        "iptables" => Variant::Iptables,
-                        "nftables" => Variant::Nftables,
-                        _ => Variant::Direct,
-                    };
-                    let target = if v == Variant::Direct {
-                        format!("{}:{dport}", lab.cluster(v).rate_pods[0].ip)
-                    } else {
-                        format!("{VIP_RATE}:{vport}")
-                    };
-                    lab.flush_conntrack(v);
-                    values[idx] = match rate(&lab, v, proto, &target, plan.rate_ms) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            progress.say(format!("  {name} {variant}: {e:#}"));
-                            f64::NAN
-                        }
-                    };
-                }
-                progress.say(format!(
-                    "  {name} round {}/{}: {}",
-                    r + 1,
-                    plan.rounds,
-                    order
-                        .iter()
-                        .zip(&values)
-                        .map(|(v, x)| format!("{v} {x:.0}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                rounds.values.push(values);
-            }
+            let rounds = measure_variants(plan, progress, &name, &order, |variant| {
+                let v = match variant {
+                    "sluice" => Variant::Sluice,
+                    "iptables" => Variant::Iptables,
+                    "nftables" => Variant::Nftables,
+                    _ => Variant::Direct,
+                };
+                let target = if v == Variant::Direct {
+                    format!("{}:{dport}", lab.cluster(v).rate_pods[0].ip)
+                } else {
+                    format!("{VIP_RATE}:{vport}")
+                };
+                lab.flush_conntrack(v);
+                rate(&lab, v, proto, &target, plan.rate_ms)
+            });
             rows.extend(rounds.rows("connrate", &name, if proto == "tcp" { "conn/s" } else { "req/s" }));
         }
     }

@@ -137,7 +137,10 @@ fn markdown(rows: &[Row], timings: &[(String, Duration)], plan: &Plan, tools: &[
         md,
         "Median, min and max over the runs. `x direct` and `x iptables` are medians of per-round \
          ratios of back-to-back runs (throughput, connection rate) or ratios of medians (control \
-         plane). `direct-aa` is a second `direct` run in every round: its `x direct` is the noise floor.\n"
+         plane). Every round starts with `direct` and ends with `direct-aa`, a second `direct` run, \
+         the other variants between them in rotating order; their `x direct` is taken against the \
+         mean of the two direct runs bracketing them, and `direct-aa`'s own `x direct` (last run \
+         over first) is the noise floor.\n"
     );
     let _ = writeln!(
         md,

@@ -3,6 +3,9 @@
 
 use serde_json::{json, Value};
 
+/// The second `direct` run of every round: the A/A noise floor.
+pub const AA: &str = "direct-aa";
+
 /// Median of the values (mean of the middle two for an even count); NaN for none.
 pub fn median(values: &[f64]) -> f64 {
     percentile(values, 50.0)
@@ -149,15 +152,24 @@ impl Rounds {
         self.values.iter().map(|r| r[i]).collect()
     }
 
-    /// Median over rounds of `a / b` (rounds where either failed are skipped).
+    /// Median over rounds of `a / b` (rounds where either failed are
+    /// skipped). For `b` = `direct`, when the rounds also hold a second
+    /// direct run (`direct-aa`, the A/A noise floor) and `a` is neither of
+    /// them, `b` is the mean of the two: they bracket every other run of
+    /// the round (see `throughput::schedule`).
     pub fn paired_ratio(&self, a: &str, b: &str) -> Option<f64> {
         let ia = self.variants.iter().position(|v| v == a)?;
         let ib = self.variants.iter().position(|v| v == b)?;
+        let aa = (b == "direct" && a != AA).then(|| self.variants.iter().position(|v| v == AA)).flatten();
+        let reference = |r: &[f64]| match aa {
+            Some(i) if r[i].is_finite() && r[ib].is_finite() => (r[ib] + r[i]) / 2.0,
+            _ => r[ib],
+        };
         let ratios: Vec<f64> = self
             .values
             .iter()
-            .filter(|r| r[ia].is_finite() && r[ib].is_finite() && r[ib] > 0.0)
-            .map(|r| r[ia] / r[ib])
+            .filter(|r| r[ia].is_finite() && reference(r).is_finite() && reference(r) > 0.0)
+            .map(|r| r[ia] / reference(r))
             .collect();
         (!ratios.is_empty()).then(|| median(&ratios))
     }
@@ -199,6 +211,16 @@ mod tests {
         r.values = vec![vec![10.0, 9.0], vec![20.0, 20.0], vec![5.0, 6.0]];
         // per-round ratios 0.9, 1.0, 1.2 -> median 1.0
         assert_eq!(r.paired_ratio("sluice", "direct"), Some(1.0));
+    }
+
+    #[test]
+    fn direct_is_the_mean_of_both_direct_runs_except_for_the_aa_row() {
+        let mut r = Rounds::new(&["direct", "sluice", "direct-aa"]);
+        r.values = vec![vec![10.0, 9.0, 8.0], vec![10.0, 10.0, f64::NAN]];
+        // round 1: 9 / mean(10, 8) = 1.0; round 2: 10 / 10 (no second run)
+        assert_eq!(r.paired_ratio("sluice", "direct"), Some(1.0));
+        assert_eq!(r.paired_ratio("direct-aa", "direct"), Some(0.8));
+        assert_eq!(r.paired_ratio("sluice", "iptables"), None);
     }
 
     #[test]

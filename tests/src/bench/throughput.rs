@@ -22,10 +22,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::lab::{nodeport_service, perf_services, Lab, Needs, Variant, IPERF_PORT, VIP_PERF_CROSS, VIP_PERF_SAME};
-use super::stats::{Rounds, Row};
+use super::stats::{AA, Rounds, Row};
 use super::{Args, Plan, Progress};
 
-const AA: &str = "direct-aa";
 const ORDER: [&str; 5] = ["direct", "sluice", "iptables", "nftables", AA];
 const NEEDS: Needs = Needs {
     perf: true,
@@ -126,8 +125,8 @@ fn measure(plan: &Plan, progress: &Progress, name: &str, mut run: impl FnMut(Var
     measure_variants(plan, progress, name, &ORDER, |v| run(variant(v)))
 }
 
-/// `plan.rounds` rounds of one run per entry of `order`, rotated so no
-/// variant always runs first; a failed run is logged and counts as NaN.
+/// `plan.rounds` rounds of one run per entry of `order`; a failed run is
+/// logged and counts as NaN. See [`schedule`] for the order within a round.
 pub(super) fn measure_variants(
     plan: &Plan,
     progress: &Progress,
@@ -138,8 +137,7 @@ pub(super) fn measure_variants(
     let mut rounds = Rounds::new(order);
     for r in 0..plan.rounds {
         let mut values = vec![f64::NAN; order.len()];
-        for k in 0..order.len() {
-            let idx = (k + r) % order.len();
+        for idx in schedule(order, r) {
             values[idx] = run(order[idx]).unwrap_or_else(|e| {
                 progress.say(format!("  {name} {}: {e:#}", order[idx]));
                 f64::NAN
@@ -159,6 +157,26 @@ pub(super) fn measure_variants(
         rounds.values.push(values);
     }
     rounds
+}
+
+/// The order of round `r`'s runs, as indices into `order`. With both
+/// `direct` and `direct-aa` present they bracket the round (first and
+/// last), the others rotated between them so none always runs first: each
+/// variant is then compared with the mean of two `direct` runs, one before
+/// and one after it (see [`Rounds::paired_ratio`]), which cancels a linear
+/// drift of this VM's speed across the round. Otherwise all are rotated.
+pub(super) fn schedule(order: &[&str], r: usize) -> Vec<usize> {
+    let (d, aa) = (order.iter().position(|v| *v == "direct"), order.iter().position(|v| *v == AA));
+    match (d, aa) {
+        (Some(d), Some(aa)) => {
+            let middle: Vec<usize> = (0..order.len()).filter(|i| *i != d && *i != aa).collect();
+            let mut out = vec![d];
+            out.extend((0..middle.len()).map(|k| middle[(k + r) % middle.len()]));
+            out.push(aa);
+            out
+        }
+        _ => (0..order.len()).map(|k| (k + r) % order.len()).collect(),
+    }
 }
 
 /// One iperf3 client run.
@@ -226,5 +244,19 @@ impl<'a> Iperf<'a> {
             .as_f64()
             .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
         Ok(bps / 1e9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_runs_bracket_every_round() {
+        let order = ["direct", "a", "b", "c", AA];
+        assert_eq!(schedule(&order, 0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(schedule(&order, 1), vec![0, 2, 3, 1, 4]);
+        assert_eq!(schedule(&order, 2), vec![0, 3, 1, 2, 4]);
+        assert_eq!(schedule(&["direct", "a", "b"], 1), vec![1, 2, 0]);
     }
 }
