@@ -17,14 +17,14 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
     maps::{lpm_trie::Key, PerCpuArray},
     programs::XdpContext,
     EbpfContext as _,
 };
 use proxy_common::{
-    CtKey4, ServiceKey4, SourceRangeKey4, CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    CtKey4, ServiceKey4, SourceRangeKey4, CT_FORWARD, CT_REPLY, EXT_F_PEER_REDIRECT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
     SOURCE_RANGE_DENY, XDP_STAT_FORWARDED, XDP_STAT_PASSED,
 };
 
@@ -211,6 +211,14 @@ fn fast_path(ctx: &XdpContext) -> Option<u32> {
         let mac = at::<[u8; 12]>(ctx, 0)?;
         let (d, s) = (fib.dmac, fib.smac);
         *mac = [d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5]];
+    }
+    if cfg.flags & EXT_F_PEER_REDIRECT != 0 {
+        // A veth: XDP_TX frames land in the peer's ring but only a peer
+        // with an XDP program of its own gets its NAPI kicked for them,
+        // while a redirect (ndo_xdp_xmit) flushes to any peer with NAPI
+        // (GRO on). Same device, same result.
+        // SAFETY: plain helper call.
+        return Some(unsafe { bpf_redirect(fib_in, 0) } as u32);
     }
     Some(xdp_action::XDP_TX)
 }
