@@ -124,6 +124,37 @@ impl Progress {
     }
 }
 
+/// Busy and total jiffies of all CPUs from /proc/stat (busy: everything
+/// but idle and iowait; steal counts as busy, it is time we did not get).
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Waits (at most `max`) until the machine is quiet: less than 20% of the
+/// CPUs busy over a quarter of a second. Network namespaces of a torn-down
+/// lab are freed by a kernel worker for seconds afterwards, and a lab just
+/// built still settles; a measurement started then reads that work as the
+/// first variant's slowness. Returns how long it waited.
+pub fn settle(max: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        let Some((b0, t0)) = cpu_jiffies() else { break };
+        std::thread::sleep(Duration::from_millis(250));
+        let Some((b1, t1)) = cpu_jiffies() else { break };
+        #[expect(clippy::cast_precision_loss, reason = "jiffy deltas are small")]
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        if busy < 0.2 {
+            break;
+        }
+    }
+    start.elapsed()
+}
+
 impl Default for Progress {
     fn default() -> Self {
         Self::new()

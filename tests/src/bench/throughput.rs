@@ -135,6 +135,10 @@ pub(super) fn measure_variants(
     mut run: impl FnMut(&str) -> anyhow::Result<f64>,
 ) -> Rounds {
     let mut rounds = Rounds::new(order);
+    let waited = super::settle(Duration::from_secs(15));
+    if waited > Duration::from_secs(1) {
+        progress.say(format!("  {name}: waited {:.1} s for the machine to go quiet", waited.as_secs_f64()));
+    }
     for r in 0..plan.rounds {
         let mut values = vec![f64::NAN; order.len()];
         for idx in schedule(order, r) {
