@@ -21,7 +21,7 @@ use std::{
 use aya::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, Map, MapData, MapError},
     programs::{
-        links::FdLink, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink, LinkOrder, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::TcAttachOptions,
     },
     Ebpf,
@@ -76,10 +76,7 @@ pub fn attach(bpf: &mut Ebpf, links: &Path, cgroup_dir: &File, opts: &ExternalAt
         prog.load().map_err(|source| Error::Program { name, source })?;
         for ifname in &opts.interfaces {
             let pin = links.join(format!("{name}@{ifname}"));
-            if pin.exists() {
-                let link = sys::obj_get(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
-                let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
-                sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| Error::Link { path: pin.clone(), source })?;
+            if swap_pinned_link(&pin, prog.fd().map_err(|source| Error::Program { name, source })?)? {
                 debug!(program = name, interface = %ifname, "replaced program behind pinned tc link");
                 continue;
             }
@@ -108,6 +105,17 @@ pub fn attach(bpf: &mut Ebpf, links: &Path, cgroup_dir: &File, opts: &ExternalAt
     Ok(())
 }
 
+/// When a previous agent pinned a link at `pin`, points it at `fd` (the
+/// program just loaded) and says so: traffic never sees a detached moment.
+fn swap_pinned_link(pin: &Path, fd: &ProgramFd) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let link = sys::obj_get(pin).map_err(|source| Error::Link { path: pin.into(), source })?;
+    sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| Error::Link { path: pin.into(), source })?;
+    Ok(true)
+}
+
 /// The XDP fast path in native (driver) mode on every interface that
 /// supports it, pinned like the tc links; where the driver refuses, a
 /// warning and tc alone (generic XDP would only add a pass before tc).
@@ -118,10 +126,7 @@ fn attach_xdp(bpf: &mut Ebpf, links: &Path, interfaces: &[String]) -> Result<()>
     prog.load().map_err(|source| Error::Program { name, source })?;
     for ifname in interfaces {
         let pin = links.join(format!("{name}@{ifname}"));
-        if pin.exists() {
-            let link = sys::obj_get(&pin).map_err(|source| Error::Link { path: pin.clone(), source })?;
-            let fd = prog.fd().map_err(|source| Error::Program { name, source })?;
-            sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| Error::Link { path: pin.clone(), source })?;
+        if swap_pinned_link(&pin, prog.fd().map_err(|source| Error::Program { name, source })?)? {
             debug!(program = name, interface = %ifname, "replaced program behind pinned XDP link");
             continue;
         }

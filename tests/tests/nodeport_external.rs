@@ -104,8 +104,16 @@ fn write_manifests(dir: &Path, file: &str, text: &str) {
 }
 
 fn start_agents(c: &mut Cluster, extra: &[&str]) {
-    let bpffs = c.topo.bpffs();
     for node in [c.a.clone(), c.b.clone()] {
+        let agent = start_agent(c, &node, extra);
+        c.agents.push(agent);
+    }
+}
+
+/// One node's agent, started and checked as [`start_agents`] does.
+fn start_agent(c: &mut Cluster, node: &Node, extra: &[&str]) -> Proc {
+    let bpffs = c.topo.bpffs();
+    {
         let mut cmd = Command::new(workspace_bin("sluice-proxy"));
         cmd.env("RUST_LOG", "info,proxy_user=debug")
             .arg("run")
@@ -129,7 +137,7 @@ fn start_agents(c: &mut Cluster, extra: &[&str]) {
         // back out of eth0 go to its peer directly (bpf_redirect_peer), so
         // every test here runs that path.
         assert!(agent.stderr().contains("peer_redirect=true"), "eth0 not seen as a veth: {}", agent.stderr());
-        c.agents.push(agent);
+        agent
     }
 }
 
@@ -516,7 +524,7 @@ fn xdp_fast_path_forwards_the_packets_of_tracked_flows() {
         "web.yaml",
         &(service("web", "NodePort", 30080, "", "") + &slice("web", &[(&p2, true)]) + bulk + &slice("bulk", &[(&p2, true)]).replace("name: tcp, port: 8080", "name: tcp, port: 5201")),
     );
-    start_agents(&mut c, &["--external-xdp"]);
+    start_agents(&mut c, &["--external-xdp", "--keep-on-exit"]);
     assert!(c.agents[0].stderr().contains("attached (native XDP)"), "{}", c.agents[0].stderr());
 
     let v = eventually("TCP to the NodePort through node a", || {
@@ -545,4 +553,25 @@ fn xdp_fast_path_forwards_the_packets_of_tracked_flows() {
     // most of them must have gone through XDP rather than tc.
     let forwarded = xdp_count(&bpffs, "a", 0) - before;
     assert!(forwarded > 10_000, "XDP forwarded only {forwarded} packets of a 20 MB transfer; passed {}\n{}", xdp_count(&bpffs, "a", 1), dump(&c));
+
+    // An upgrade: the agent exits keeping the dataplane, and its successor
+    // swaps its program in behind the pinned XDP link.
+    let a = c.a.clone();
+    let xdp_on = |c: &Cluster| must_run(c, &c.a.netns, "ip", &["link", "show", "eth0"]).contains("prog/xdp");
+    c.agents[0].signal(libc::SIGTERM);
+    assert!(c.agents[0].wait_timeout(Duration::from_secs(10)).is_some(), "agent a did not exit on SIGTERM");
+    assert!(xdp_on(&c), "--keep-on-exit leaves the XDP program attached");
+    let next = start_agent(&mut c, &a, &["--external-xdp", "--keep-on-exit"]);
+    assert!(next.stderr().contains("replaced program behind pinned XDP link"), "{}", next.stderr());
+    let v = tcp_from(&c, &c.out, sa(NODE_A, 30080), 8, 2000);
+    assert_eq!(ok_count(&v), 8, "after the swap: {v}");
+    // Without the flag, the next agent takes XDP off and tc serves alone.
+    next.signal(libc::SIGTERM);
+    assert!(next.wait_timeout(Duration::from_secs(10)).is_some(), "agent a did not exit on SIGTERM");
+    let plain = start_agent(&mut c, &a, &[]);
+    assert!(plain.stderr().contains("XDP fast path off: detached"), "{}", plain.stderr());
+    assert!(!xdp_on(&c), "the XDP link is gone");
+    let v = tcp_from(&c, &c.out, sa(NODE_A, 30080), 8, 2000);
+    assert_eq!(ok_count(&v), 8, "tc alone: {v}");
+    c.agents.push(plain);
 }
