@@ -46,7 +46,7 @@ pub(crate) static SLC_CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(262
 #[map]
 static SLC_MAGLEV4: HashMap<MaglevKey, u32> = HashMap::pinned(65_536, 0);
 #[map]
-pub(crate) static SLC_SRCR4: LpmTrie<SourceRangeKey4, u32> = LpmTrie::pinned(16_384, 0);
+static SLC_SRCR4: LpmTrie<SourceRangeKey4, u32> = LpmTrie::pinned(16_384, 0);
 #[map]
 static SLC_NPBIND: HashMap<NodePortBindKey, u32> = HashMap::pinned(16_384, 0);
 #[map]
@@ -455,8 +455,27 @@ fn fold(mut s: u32) -> u16 {
     !(s as u16)
 }
 
+/// Whether `loadBalancerSourceRanges` of frontend `revnat_id` exclude `saddr`.
 #[inline(always)]
-fn refresh(entry: *mut CtEntry4, t: u64) {
+pub(crate) fn source_denied(revnat_id: u32, saddr: u32) -> bool {
+    let src = Key::new(64, SourceRangeKey4 { revnat_id, addr: saddr });
+    SLC_SRCR4.get(&src).is_some_and(|v| *v == SOURCE_RANGE_DENY)
+}
+
+/// The forward entry of a tracked flow while it holds: not idle past its
+/// timeout, and its backend still the one the flow was translated to.
+#[inline(always)]
+pub(crate) fn live_forward(key: &CtKey4, cfg: &ExternalConfig, t: u64) -> Option<*mut CtEntry4> {
+    let e = SLC_CT4.get_ptr_mut(key)?;
+    // SAFETY: copied out of the map value.
+    let ent = unsafe { *e };
+    let be = unsafe { SLC_BE4.get(&ent.backend_id) }?;
+    let alive = t.wrapping_sub(ent.last_seen_ns) <= timeout_ns(cfg, key.proto);
+    (alive && be.addr == ent.nat_daddr && be.port == ent.nat_dport).then_some(e)
+}
+
+#[inline(always)]
+pub(crate) fn refresh(entry: *mut CtEntry4, t: u64) {
     // SAFETY: entry points into a map value; a racy u64 store is harmless.
     unsafe {
         if t.wrapping_sub((*entry).last_seen_ns) > NSEC_PER_SEC {
@@ -500,8 +519,7 @@ fn ingress(ctx: &TcContext) -> i32 {
         }
         return TC_ACT_OK as i32;
     };
-    let src = Key::new(64, SourceRangeKey4 { revnat_id: fe.revnat_id, addr: p.saddr });
-    if SLC_SRCR4.get(&src).is_some_and(|v| *v == SOURCE_RANGE_DENY) {
+    if source_denied(fe.revnat_id, p.saddr) {
         return TC_ACT_SHOT as i32;
     }
 
@@ -509,18 +527,14 @@ fn ingress(ctx: &TcContext) -> i32 {
     let fkey = CtKey4 { saddr: p.saddr, daddr: p.daddr, sport: p.sport, dport: p.dport, proto: p.proto, dir: CT_FORWARD, _pad: 0 };
     let new_syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if !new_syn {
-        if let Some(e) = SLC_CT4.get_ptr_mut(&fkey) {
+        if let Some(e) = live_forward(&fkey, &cfg, t) {
             let ent = unsafe { *e };
-            let alive = t.wrapping_sub(ent.last_seen_ns) <= timeout_ns(&cfg, p.proto);
-            let be = unsafe { SLC_BE4.get(&ent.backend_id) };
-            if alive && be.is_some_and(|b| b.addr == ent.nat_daddr && b.port == ent.nat_dport) {
-                refresh(e, t);
-                if rewrite(ctx, &p, ent.nat_saddr, ent.nat_daddr, ent.nat_sport, ent.nat_dport).is_none() {
-                    return TC_ACT_SHOT as i32;
-                }
-                let mut fib = fib_params(ent.nat_saddr, ent.nat_daddr, ifindex, &p);
-                return forward(ctx, &mut fib, None, peer, ifindex);
+            refresh(e, t);
+            if rewrite(ctx, &p, ent.nat_saddr, ent.nat_daddr, ent.nat_sport, ent.nat_dport).is_none() {
+                return TC_ACT_SHOT as i32;
             }
+            let mut fib = fib_params(ent.nat_saddr, ent.nat_daddr, ifindex, &p);
+            return forward(ctx, &mut fib, None, peer, ifindex);
         }
     }
 

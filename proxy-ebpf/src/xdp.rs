@@ -19,17 +19,17 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{lpm_trie::Key, PerCpuArray},
+    maps::PerCpuArray,
     programs::XdpContext,
     EbpfContext as _,
 };
 use proxy_common::{
-    CtKey4, ServiceKey4, SourceRangeKey4, CT_FORWARD, CT_REPLY, EXT_F_PEER_REDIRECT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SOURCE_RANGE_DENY, XDP_STAT_FORWARDED, XDP_STAT_PASSED,
+    CtKey4, ServiceKey4, CT_FORWARD, CT_REPLY, EXT_F_PEER_REDIRECT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    XDP_STAT_FORWARDED, XDP_STAT_PASSED,
 };
 
-use crate::sock_lb::{SLC_BE4, SLC_SVC4};
-use crate::tc::{SLC_CT4, SLC_EXTCFG, SLC_SRCR4};
+use crate::sock_lb::SLC_SVC4;
+use crate::tc::{live_forward, refresh, source_denied, SLC_CT4, SLC_EXTCFG};
 
 /// Packets forwarded here and passed on to tc, per CPU (`XDP_STAT_*`).
 #[map]
@@ -43,7 +43,6 @@ const L4: usize = ETH_HLEN + 20;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 const AF_INET: u8 = 2;
-const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 #[inline(always)]
 fn at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
@@ -136,19 +135,11 @@ fn fast_path(ctx: &XdpContext) -> Option<u32> {
         None => {
             let fkey = ServiceKey4 { addr: daddr, port: dport, proto, scope: SCOPE_EXTERNAL, slot: 0, _pad: 0 };
             let fe = unsafe { SLC_SVC4.get(&fkey) }?;
-            let src = Key::new(64, SourceRangeKey4 { revnat_id: fe.revnat_id, addr: saddr });
-            if SLC_SRCR4.get(&src).is_some_and(|v| *v == SOURCE_RANGE_DENY) {
+            if source_denied(fe.revnat_id, saddr) {
                 return None; // tc drops it
             }
             key.dir = CT_FORWARD;
-            let e = SLC_CT4.get_ptr_mut(&key)?;
-            let ent = unsafe { *e };
-            let timeout = u64::from(if proto == PROTO_TCP { cfg.tcp_timeout } else { cfg.udp_timeout }.max(1)) * NSEC_PER_SEC;
-            let be = unsafe { SLC_BE4.get(&ent.backend_id) }?;
-            if t.wrapping_sub(ent.last_seen_ns) > timeout || be.addr != ent.nat_daddr || be.port != ent.nat_dport {
-                return None; // tc picks a new backend
-            }
-            e
+            live_forward(&key, cfg, t)? // else tc picks a new backend
         }
     };
     let ent = unsafe { *e };
@@ -172,10 +163,7 @@ fn fast_path(ctx: &XdpContext) -> Option<u32> {
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || fib.ifindex != fib_in {
         return None; // untouched: the stack (and tc) resolve, fragment or refuse
     }
-    if t.wrapping_sub(ent.last_seen_ns) > NSEC_PER_SEC {
-        // SAFETY: a map value; a racy u64 store is harmless.
-        unsafe { (*e).last_seen_ns = t };
-    }
+    refresh(e, t);
 
     // Rewrite: IP header checksum over the addresses, L4 checksum over the
     // addresses (pseudo-header) and ports. A UDP checksum of 0 means none.
