@@ -245,7 +245,7 @@ fn overlay_throughput(plan: &Plan, progress: &Progress, bin: &Path, args: &Args)
     let mut rows = Vec::new();
     for streams in [1u32, 4] {
         let name = format!("iperf3 pod-to-pod cross-node {}", streams_name(streams));
-        let rounds = measure_variants(plan, progress, &name, &OVERLAY_ORDER, |v| {
+        let rounds = measure_variants(plan.rounds, progress, &name, &OVERLAY_ORDER, |v| {
             let (netns, host) = target(v);
             let spec = Iperf::new(&host, IPERF_PORT, streams, plan.iperf_secs);
             spec.run(|a, t| Ok(topo.run_in_netns(netns, None, pinned(0, Path::new("iperf3"), a), t)))

@@ -13,7 +13,8 @@ use anyhow::Context;
 
 use super::lab::{rate_service, Lab, Needs, Variant, RATE_TCP_PORT, RATE_UDP_PORT, VIP_RATE};
 use super::stats::Row;
-use super::throughput::measure_variants;
+use super::stats::AA;
+use super::throughput::{head_to_head, measure_variants, H2H_GROUP};
 use super::workload;
 use super::{Args, Plan, Progress};
 
@@ -57,22 +58,38 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
         }
         for (proto, vport, dport) in [("tcp", 80u16, RATE_TCP_PORT), ("udp", 81, RATE_UDP_PORT)] {
             let name = format!("{} rate, {scale} services", proto.to_uppercase());
-            let rounds = measure_variants(plan, progress, &name, &order, |variant| {
-                let v = match variant {
-                    "sluice" => Variant::Sluice,
-                    "iptables" => Variant::Iptables,
-                    "nftables" => Variant::Nftables,
-                    _ => Variant::Direct,
+            let cluster = |variant: &str| match variant {
+                "sluice" => Variant::Sluice,
+                "iptables" => Variant::Iptables,
+                "nftables" => Variant::Nftables,
+                _ => Variant::Direct,
+            };
+            // direct-aa (head to head with direct) uses a second pod.
+            let one = |variant: &str, ms: u64| {
+                let v = cluster(variant);
+                let target = match v {
+                    Variant::Direct => format!("{}:{dport}", lab.cluster(v).rate_pods[usize::from(variant == AA)].ip),
+                    _ => format!("{VIP_RATE}:{vport}"),
                 };
-                let target = if v == Variant::Direct {
-                    format!("{}:{dport}", lab.cluster(v).rate_pods[0].ip)
-                } else {
-                    format!("{VIP_RATE}:{vport}")
-                };
-                lab.flush_conntrack(v);
-                rate(&lab, v, proto, &target, plan.rate_ms)
+                rate(&lab, v, proto, &target, ms)
+            };
+            let rounds = measure_variants(plan.seq_rounds, progress, &name, &order, |variant| {
+                lab.flush_conntrack(cluster(variant));
+                one(variant, plan.rate_ms)
             });
             rows.extend(rounds.rows("connrate", &name, if proto == "tcp" { "conn/s" } else { "req/s" }));
+            let h2h: Vec<&str> = order.iter().copied().filter(|v| *v != "direct").collect();
+            rows.extend(head_to_head(
+                plan.h2h_rounds,
+                progress,
+                &name,
+                &h2h,
+                |variant| {
+                    lab.flush_conntrack(cluster(variant));
+                    lab.flush_conntrack(Variant::Direct);
+                },
+                |variant| one(variant, plan.h2h_rate_ms),
+            ));
         }
     }
     rows.extend(scaling_rows(&rows));
@@ -82,23 +99,34 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
 /// Each variant's rate at the largest scale relative to its own at the
 /// smallest. The scales are measured minutes apart, and this machine's
 /// speed drifts more than that between them (the `direct` rate itself moves
-/// by tens of percent), so each rate is first divided by `direct` of the
-/// same rounds (its `x direct`), then the two are compared.
+/// by tens of percent), so each rate is first taken relative to `direct`:
+/// its head-to-head ratio (run at the same time as direct) when measured,
+/// else its `x direct` from the alternating rounds; then the two scales are
+/// compared.
 fn scaling_rows(rows: &[Row]) -> Vec<Row> {
     let (small, large) = (SCALES[0], SCALES[SCALES.len() - 1]);
     let mut out = Vec::new();
     for proto in ["TCP", "UDP"] {
-        let at = |scale: usize, variant: &str| {
+        let at = |scale: usize, variant: &str, group: &str| {
             let name = format!("{proto} rate, {scale} services");
-            rows.iter().find(|r| r.name == name && r.variant == variant).cloned()
+            rows.iter()
+                .find(|r| r.group == group && r.name.starts_with(&name) && r.variant == variant)
+                .cloned()
         };
         for variant in ["sluice", "iptables", "nftables"] {
-            let (Some(a), Some(b)) = (at(small, variant), at(large, variant)) else { continue };
-            let (Some(ra), Some(rb)) = (a.ratio_to_direct, b.ratio_to_direct) else { continue };
+            let (Some(a), Some(b)) = (at(small, variant, "connrate"), at(large, variant, "connrate")) else { continue };
+            let raw = b.median() / a.median();
+            let h2h = (at(small, variant, H2H_GROUP), at(large, variant, H2H_GROUP));
+            let (ra, rb, how) = match h2h {
+                (Some(ha), Some(hb)) if !ha.samples.is_empty() && !hb.samples.is_empty() => {
+                    (Some(ha.median()), Some(hb.median()), "head-to-head x direct")
+                }
+                _ => (a.ratio_to_direct, b.ratio_to_direct, "x direct"),
+            };
+            let (Some(ra), Some(rb)) = (ra, rb) else { continue };
             if !(ra > 0.0) || !rb.is_finite() {
                 continue;
             }
-            let raw = b.median() / a.median();
             out.push(
                 Row::new(
                     "connrate",
@@ -107,9 +135,7 @@ fn scaling_rows(rows: &[Row]) -> Vec<Row> {
                     "x",
                     vec![rb / ra],
                 )
-                .with_note(format!(
-                    "(x direct at {large}) / (x direct at {small}); raw ratio of medians {raw:.3}"
-                )),
+                .with_note(format!("({how} at {large}) / ({how} at {small}); raw ratio of medians {raw:.3}")),
             );
         }
     }
@@ -149,4 +175,33 @@ fn rate(lab: &Lab, v: Variant, proto: &str, target: &str, ms: u64) -> anyhow::Re
         "more than 1% failed transactions to {target}: {json}"
     );
     json["per_sec"].as_f64().context("no per_sec")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::throughput::h2h_rows;
+
+    fn seq(scale: usize, variant: &str, value: f64, ratio: f64) -> Row {
+        let mut r = Row::new("connrate", &format!("UDP rate, {scale} services"), variant, "req/s", vec![value]);
+        r.ratio_to_direct = Some(ratio);
+        r
+    }
+
+    #[test]
+    fn scaling_prefers_head_to_head_ratios() {
+        let mut rows = vec![seq(10, "sluice", 100.0, 0.9), seq(10_000, "sluice", 80.0, 0.6)];
+        // Without head-to-head rows: the alternating rounds' x direct.
+        let s = scaling_rows(&rows);
+        assert_eq!(s.len(), 1);
+        assert!((s[0].median() - 0.6 / 0.9).abs() < 1e-9);
+        // With them: their medians (the "iptables" etc. columns absent here).
+        let variants = ["sluice"];
+        rows.extend(h2h_rows("UDP rate, 10 services, head to head", &variants, vec![vec![0.8, 0.9, 0.85]]));
+        rows.extend(h2h_rows("UDP rate, 10000 services, head to head", &variants, vec![vec![0.88, 0.86, 0.87]]));
+        let s = scaling_rows(&rows);
+        assert_eq!(s.len(), 1);
+        assert!((s[0].median() - 0.87 / 0.85).abs() < 1e-9, "{}", s[0].median());
+        assert!(s[0].note.as_deref().unwrap_or("").contains("head-to-head"));
+    }
 }

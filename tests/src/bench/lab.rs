@@ -35,6 +35,8 @@ use crate::{Node, Outside, Pod, Proc, Topology};
 
 pub const CLUSTER_CIDR: &str = "198.18.0.0/16";
 pub const IPERF_PORT: u16 = 5201;
+/// direct's second iperf3 server (the A/A half of head-to-head runs).
+pub const IPERF_PORT_AA: u16 = 5202;
 pub const RATE_TCP_PORT: u16 = 8080;
 pub const RATE_UDP_PORT: u16 = 8081;
 pub const RATE_BACKENDS: usize = 10;
@@ -293,20 +295,21 @@ impl Lab {
             let mut servers = Vec::new();
             let c = &self.clusters[i];
             if needs.perf {
+                // direct's pods also serve the A/A half of head-to-head runs
+                // (a second iperf3 server: one serves one test at a time).
+                let ports: &[u16] = if c.variant == Variant::Direct { &[IPERF_PORT, IPERF_PORT_AA] } else { &[IPERF_PORT] };
                 for pod in [c.perf_same.as_ref(), c.perf_cross.as_ref()].into_iter().flatten() {
-                    let cmd = pinned(
-                        1,
-                        Path::new("iperf3"),
-                        &["-s", "-p", &IPERF_PORT.to_string(), "--forceflush"],
-                    );
-                    let p = self.topo.spawn_in_pod(pod, cmd);
-                    ensure!(
-                        p.wait_for_stdout("listening", Duration::from_secs(10)),
-                        "iperf3 server in {} did not start: {}",
-                        pod.netns,
-                        p.stderr()
-                    );
-                    servers.push(p);
+                    for port in ports {
+                        let cmd = pinned(1, Path::new("iperf3"), &["-s", "-p", &port.to_string(), "--forceflush"]);
+                        let p = self.topo.spawn_in_pod(pod, cmd);
+                        ensure!(
+                            p.wait_for_stdout("listening", Duration::from_secs(10)),
+                            "iperf3 server in {} did not start: {}",
+                            pod.netns,
+                            p.stderr()
+                        );
+                        servers.push(p);
+                    }
                 }
             }
             for pod in &c.rate_pods {
@@ -392,6 +395,8 @@ impl Lab {
             .arg(&bpffs)
             // No periodic full resync in the middle of a measurement.
             .args(["--resync-secs", "86400"])
+            // Extra agent flags for experiments, e.g. a smaller map.
+            .args(std::env::var("SLUICE_BENCH_AGENT_ARGS").unwrap_or_default().split_whitespace())
             .env("RUST_LOG", "info");
         if external {
             cmd.args(["--external-interfaces", "eth0"]);

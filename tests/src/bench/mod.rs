@@ -52,10 +52,20 @@ pub struct Args {
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub quick: bool,
-    /// Rounds of alternating runs for throughput and connection rate.
+    /// Rounds of alternating runs: pod-to-pod (cni) and DNS.
     pub rounds: usize,
+    /// Rounds of alternating runs through Services (throughput, connection
+    /// rate); their ratios come from the head-to-head rounds.
+    pub seq_rounds: usize,
     /// iperf3 -t (seconds; at most 10).
     pub iperf_secs: u64,
+    /// Rounds of head-to-head iperf3 runs (each variant at the same time
+    /// as direct) for the ClusterIP and NodePort measurements.
+    pub h2h_rounds: usize,
+    /// iperf3 -t of a head-to-head run.
+    pub h2h_secs: u64,
+    /// Duration of one head-to-head connection-rate run.
+    pub h2h_rate_ms: u64,
     /// Duration of one connection-rate run.
     pub rate_ms: u64,
     /// Cold programming runs per variant and size.
@@ -77,7 +87,11 @@ impl Plan {
             Plan {
                 quick,
                 rounds: 3,
+                seq_rounds: 2,
                 iperf_secs: 2,
+                h2h_rounds: 2,
+                h2h_secs: 2,
+                h2h_rate_ms: 500,
                 rate_ms: 1000,
                 cold_runs: 3,
                 cold_runs_slow: 1,
@@ -89,7 +103,11 @@ impl Plan {
             Plan {
                 quick,
                 rounds: 5,
+                seq_rounds: 3,
                 iperf_secs: 3,
+                h2h_rounds: 5,
+                h2h_secs: 2,
+                h2h_rate_ms: 1000,
                 rate_ms: 2000,
                 cold_runs: 5,
                 cold_runs_slow: 2,

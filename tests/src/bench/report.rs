@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use plotters::prelude::*;
 
-use super::stats::{median, percentile, Row};
+use super::stats::{max, median, min, percentile, Row};
 use super::Plan;
 
 /// Tool versions and machine facts for the report header.
@@ -122,11 +122,17 @@ fn markdown(rows: &[Row], timings: &[(String, Duration)], plan: &Plan, tools: &[
     let _ = writeln!(md, "# Sluice benchmark report\n");
     let _ = writeln!(
         md,
-        "Run: `cargo xtask bench{}` ({} rounds of alternating runs, iperf3 -t {}, rate runs of {} ms).\n",
+        "Run: `cargo xtask bench{}` ({} rounds of alternating runs through Services and {} for \
+         pod-to-pod and DNS, iperf3 -t {}, rate runs of {} ms; {} head-to-head rounds, iperf3 -t {}, \
+         rate runs of {} ms).\n",
         if plan.quick { " --quick" } else { "" },
+        plan.seq_rounds,
         plan.rounds,
         plan.iperf_secs,
-        plan.rate_ms
+        plan.rate_ms,
+        plan.h2h_rounds,
+        plan.h2h_secs,
+        plan.h2h_rate_ms
     );
     let _ = writeln!(md, "## Machine\n\n| | |\n| --- | --- |");
     for (k, v) in tools {
@@ -142,6 +148,16 @@ fn markdown(rows: &[Row], timings: &[(String, Duration)], plan: &Plan, tools: &[
          mean of the two direct runs bracketing them, and `direct-aa`'s own `x direct` (last run \
          over first) is the noise floor.\n"
     );
+    let _ = writeln!(
+        md,
+        "Rows named `..., head to head` are the ratios to trust for small differences: each \
+         variant runs at the same time as a `direct` run (clients on CPU 0, servers on CPU 1 for \
+         both), so both see the same machine during those seconds, and the sample is its result \
+         over direct's in that pair. What is left is which path costs fewer CPU cycles per byte or \
+         per transaction. `direct-aa` there is direct against a second direct run (its noise \
+         floor).\n"
+    );
+    md.push_str(&h2h_summary(rows));
     let _ = writeln!(
         md,
         "| measurement | variant | median | min | max | runs | unit | x direct | x iptables | notes |\n\
@@ -210,6 +226,29 @@ fn markdown(rows: &[Row], timings: &[(String, Duration)], plan: &Plan, tools: &[
 }
 
 /// Writes report.json, report.md and the plots into `out`.
+/// A compact table of the head-to-head medians (min-max), one line per measurement.
+fn h2h_summary(rows: &[Row]) -> String {
+    let h2h: Vec<&Row> = rows.iter().filter(|r| r.group == super::throughput::H2H_GROUP).collect();
+    if h2h.is_empty() {
+        return String::new();
+    }
+    let variants = ["sluice", "iptables", "nftables", "direct-aa"];
+    let mut md = String::from("| head to head, x direct (median, min-max) | sluice | iptables | nftables | A/A |\n| --- | ---: | ---: | ---: | ---: |\n");
+    for name in names(&h2h) {
+        let cells: Vec<String> = variants
+            .iter()
+            .map(|v| {
+                h2h.iter().find(|r| r.name == name && r.variant == *v && !r.samples.is_empty()).map_or("-".into(), |r| {
+                    format!("{:.3} ({:.3}-{:.3})", r.median(), min(&r.samples), max(&r.samples))
+                })
+            })
+            .collect();
+        let _ = writeln!(md, "| {} | {} |", name.trim_end_matches(", head to head"), cells.join(" | "));
+    }
+    md.push('\n');
+    md
+}
+
 pub fn write(
     out: &Path,
     rows: &[Row],
@@ -297,6 +336,19 @@ fn plots(out: &Path, rows: &[Row]) -> Result<Vec<String>, Box<dyn Error>> {
             lines(&out.join(&file), title, &cats, &series)?;
             made.push(file);
         }
+    }
+    let h2h: Vec<&Row> = rows.iter().filter(|r| r.group == super::throughput::H2H_GROUP).collect();
+    if !h2h.is_empty() {
+        let cats = names(&h2h);
+        let series = series(&h2h, &cats, &["sluice", "iptables", "nftables", "direct-aa"]);
+        grouped_bars(
+            &out.join("head-to-head.png"),
+            "head to head: each run at the same time as direct, its result over direct's (1 = as cheap as no translation)",
+            &cats,
+            &series,
+            false,
+        )?;
+        made.push("head-to-head.png".into());
     }
     let ctl: Vec<&Row> = rows
         .iter()

@@ -29,11 +29,11 @@ pub fn percentile(values: &[f64], pct: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (rank - rank.floor())
 }
 
-fn min(values: &[f64]) -> f64 {
+pub fn min(values: &[f64]) -> f64 {
     values.iter().copied().fold(f64::NAN, f64::min)
 }
 
-fn max(values: &[f64]) -> f64 {
+pub fn max(values: &[f64]) -> f64 {
     values.iter().copied().fold(f64::NAN, f64::max)
 }
 

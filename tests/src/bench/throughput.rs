@@ -12,6 +12,9 @@
 //! Client on CPU 0, server on CPU 1; the variants run in rounds of
 //! back-to-back runs (rotated order), ratios are medians of per-round ratios,
 //! and a second `direct` run per round (`direct-aa`) gives the noise floor.
+//! Then head-to-head rounds ([`head_to_head`]): each variant at the same
+//! time as a `direct` run, the ratio of the pair; on this VM their A/A
+//! spread is about +-3% where back-to-back runs drift by +-10-30%.
 //! The two measurements use two labs built one after the other, so the
 //! ClusterIP figures are taken without the external datapath attached.
 
@@ -21,11 +24,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::lab::{nodeport_service, perf_services, Lab, Needs, Variant, IPERF_PORT, VIP_PERF_CROSS, VIP_PERF_SAME};
-use super::stats::{AA, Rounds, Row};
+use super::lab::{
+    nodeport_service, perf_services, Lab, Needs, Variant, IPERF_PORT, IPERF_PORT_AA, VIP_PERF_CROSS, VIP_PERF_SAME,
+};
+use super::stats::{median, AA, Rounds, Row};
 use super::{Args, Plan, Progress};
 
 const ORDER: [&str; 5] = ["direct", "sluice", "iptables", "nftables", AA];
+/// The variants of head-to-head runs, each run at the same time as `direct`.
+pub(super) const H2H: [&str; 4] = ["sluice", "iptables", "nftables", AA];
+/// The report group of head-to-head rows (their unit is `x direct`).
+pub const H2H_GROUP: &str = "head-to-head";
 const NEEDS: Needs = Needs {
     perf: true,
     rate: false,
@@ -64,7 +73,8 @@ fn cluster_ip(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args
     for (placement, vip) in [("same-node", VIP_PERF_SAME), ("cross-node", VIP_PERF_CROSS)] {
         for streams in [1u32, 4] {
             let name = format!("iperf3 {placement} {}", streams_name(streams));
-            let rounds = measure(plan, progress, &name, |v| {
+            let one = |name: &str, secs: u64| {
+                let (v, port) = if name == AA { (Variant::Direct, IPERF_PORT_AA) } else { (variant(name), IPERF_PORT) };
                 let target = if v == Variant::Direct {
                     let c = lab.cluster(Variant::Direct);
                     let pod = if placement == "same-node" { &c.perf_same } else { &c.perf_cross };
@@ -73,10 +83,12 @@ fn cluster_ip(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args
                     vip
                 };
                 let host = target.to_string();
-                let spec = Iperf::new(&host, IPERF_PORT, streams, plan.iperf_secs);
+                let spec = Iperf::new(&host, port, streams, secs);
                 spec.run(|a, t| Ok(lab.run_client(v, Path::new("iperf3"), a, t)))
-            });
+            };
+            let rounds = measure(plan, progress, &name, |v| one(v.name(), plan.iperf_secs));
             rows.extend(rounds.rows("throughput", &name, "Gbit/s"));
+            rows.extend(head_to_head(plan.h2h_rounds, progress, &name, &H2H, |_| (), |v| one(v, plan.h2h_secs)));
         }
     }
     Ok(rows)
@@ -109,26 +121,108 @@ fn node_port(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args:
     let mut rows = Vec::new();
     for streams in [1u32, 4] {
         let name = format!("iperf3 outside->NodePort cross-node {}", streams_name(streams));
-        let rounds = measure(plan, progress, &name, |v| {
-            let (ip, port) = lab.nodeport_target(v)?;
+        let one = |name: &str, secs: u64| {
+            let (ip, port) = match name {
+                AA => (lab.nodeport_target(Variant::Direct)?.0, IPERF_PORT_AA),
+                _ => lab.nodeport_target(variant(name))?,
+            };
             let host = ip.to_string();
-            let spec = Iperf::new(&host, port, streams, plan.iperf_secs);
+            let spec = Iperf::new(&host, port, streams, secs);
             spec.run(|a, t| lab.run_outside(Path::new("iperf3"), a, t))
-        });
+        };
+        let rounds = measure(plan, progress, &name, |v| one(v.name(), plan.iperf_secs));
         rows.extend(rounds.rows("throughput", &name, "Gbit/s"));
+        rows.extend(head_to_head(plan.h2h_rounds, progress, &name, &H2H, |_| (), |v| one(v, plan.h2h_secs)));
     }
     Ok(rows)
 }
 
-/// [`measure_variants`] over [`ORDER`].
-fn measure(plan: &Plan, progress: &Progress, name: &str, mut run: impl FnMut(Variant) -> anyhow::Result<f64>) -> Rounds {
-    measure_variants(plan, progress, name, &ORDER, |v| run(variant(v)))
+/// Head-to-head rounds: each of `variants` runs at the same time as a
+/// `direct` run (each in its own cluster, clients on CPU 0 and servers on
+/// CPU 1 for both), and its sample is its result over direct's in that
+/// pair. The two share whatever this VM's host does during those seconds,
+/// which back-to-back runs do not (their A/A ratio moves by 10% or more
+/// here); what is left is which path needs fewer CPU cycles per byte or per
+/// transaction on the same CPUs. `direct-aa` is direct against itself (a
+/// second server in the direct cluster): the noise floor of this method.
+/// Variants rotate, and which of a pair starts first alternates;
+/// `prepare(variant)` runs before each pair.
+pub(super) fn head_to_head(
+    rounds: usize,
+    progress: &Progress,
+    name: &str,
+    variants: &[&str],
+    prepare: impl Fn(&str),
+    run: impl Fn(&str) -> anyhow::Result<f64> + Sync,
+) -> Vec<Row> {
+    let name = format!("{name}, head to head");
+    if rounds == 0 {
+        return Vec::new();
+    }
+    let waited = super::settle(Duration::from_secs(15));
+    if waited > Duration::from_secs(1) {
+        progress.say(format!("  {name}: waited {:.1} s for the machine to go quiet", waited.as_secs_f64()));
+    }
+    let run = &run;
+    let mut ratios = vec![Vec::new(); variants.len()];
+    for r in 0..rounds {
+        let mut line = Vec::new();
+        for k in 0..variants.len() {
+            let i = (k + r) % variants.len();
+            let direct_first = (k + r) % 2 == 1;
+            prepare(variants[i]);
+            let (x, d) = std::thread::scope(|s| {
+                let start = |who: &'static str| s.spawn(move || run(if who == "direct" { who } else { variants[i] }));
+                let (x, d) = if direct_first {
+                    let d = start("direct");
+                    (start("variant"), d)
+                } else {
+                    let x = start("variant");
+                    (x, start("direct"))
+                };
+                let join = |h: std::thread::ScopedJoinHandle<'_, anyhow::Result<f64>>| {
+                    h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("runner panicked")))
+                };
+                (join(x), join(d))
+            });
+            match (x, d) {
+                (Ok(x), Ok(d)) if d > 0.0 => {
+                    ratios[i].push(x / d);
+                    line.push(format!("{} {x:.2}/{d:.2}", variants[i]));
+                }
+                (x, d) => {
+                    let err = |res: anyhow::Result<f64>| res.err().map(|e| format!("{e:#}")).unwrap_or_default();
+                    progress.say(format!("  {name} {} against direct: {} {}", variants[i], err(x), err(d)));
+                }
+            }
+        }
+        progress.say(format!("  {name} round {}/{rounds} (variant/direct): {}", r + 1, line.join(", ")));
+    }
+    h2h_rows(&name, variants, ratios)
 }
 
-/// `plan.rounds` rounds of one run per entry of `order`; a failed run is
+/// One row per head-to-head variant: its per-pair ratios to direct.
+pub(super) fn h2h_rows(name: &str, variants: &[&str], ratios: Vec<Vec<f64>>) -> Vec<Row> {
+    variants
+        .iter()
+        .zip(ratios)
+        .map(|(v, samples)| {
+            let mut row = Row::new(H2H_GROUP, name, v, "x direct", samples);
+            row.ratio_to_direct = (!row.samples.is_empty()).then(|| median(&row.samples));
+            row.with_note("run at the same time as direct; its result over direct's, per pair")
+        })
+        .collect()
+}
+
+/// [`measure_variants`] over [`ORDER`].
+fn measure(plan: &Plan, progress: &Progress, name: &str, mut run: impl FnMut(Variant) -> anyhow::Result<f64>) -> Rounds {
+    measure_variants(plan.seq_rounds, progress, name, &ORDER, |v| run(variant(v)))
+}
+
+/// `count` rounds of one run per entry of `order`; a failed run is
 /// logged and counts as NaN. See [`schedule`] for the order within a round.
 pub(super) fn measure_variants(
-    plan: &Plan,
+    count: usize,
     progress: &Progress,
     name: &str,
     order: &[&str],
@@ -139,7 +233,7 @@ pub(super) fn measure_variants(
     if waited > Duration::from_secs(1) {
         progress.say(format!("  {name}: waited {:.1} s for the machine to go quiet", waited.as_secs_f64()));
     }
-    for r in 0..plan.rounds {
+    for r in 0..count {
         let mut values = vec![f64::NAN; order.len()];
         for idx in schedule(order, r) {
             values[idx] = run(order[idx]).unwrap_or_else(|e| {
@@ -148,9 +242,8 @@ pub(super) fn measure_variants(
             });
         }
         progress.say(format!(
-            "  {name} round {}/{}: {}",
+            "  {name} round {}/{count}: {}",
             r + 1,
-            plan.rounds,
             order
                 .iter()
                 .zip(&values)
@@ -262,5 +355,15 @@ mod tests {
         assert_eq!(schedule(&order, 1), vec![0, 2, 3, 1, 4]);
         assert_eq!(schedule(&order, 2), vec![0, 3, 1, 2, 4]);
         assert_eq!(schedule(&["direct", "a", "b"], 1), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn head_to_head_rows_carry_their_median_as_the_ratio() {
+        let rows = h2h_rows("x, head to head", &["sluice", AA], vec![vec![0.99, 1.01, 0.97], vec![]]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].group, H2H_GROUP);
+        assert_eq!(rows[0].unit, "x direct");
+        assert_eq!(rows[0].ratio_to_direct, Some(0.99));
+        assert_eq!(rows[1].ratio_to_direct, None);
     }
 }
