@@ -4,7 +4,10 @@
 //! `sluice-probe rate tcp` opens a connection, sends one request, reads the
 //! reply and closes, as fast as it can; `rate udp` does one request/response
 //! on a fresh socket each time (so each is a new conntrack entry for the
-//! netfilter variants). Same round method as throughput.
+//! netfilter variants). `direct` sends to the 10 pods itself, round-robin
+//! (`--also`): the same spread over 10 server processes as the Service's,
+//! without translation. Same round method as throughput, head-to-head
+//! rounds included.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +16,6 @@ use anyhow::Context;
 
 use super::lab::{rate_service, Lab, Needs, Variant, RATE_TCP_PORT, RATE_UDP_PORT, VIP_RATE};
 use super::stats::Row;
-use super::stats::AA;
 use super::throughput::{head_to_head, measure_variants, H2H_GROUP};
 use super::workload;
 use super::{Args, Plan, Progress};
@@ -34,17 +36,9 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
     super::note_topology(args, lab.topo.id());
     let mut rows = Vec::new();
     for scale in SCALES {
-        let nft = scale < 10_000 || plan.nft_10k;
-        let order: Vec<&str> = if nft {
-            vec!["direct", "sluice", "iptables", "nftables", "direct-aa"]
-        } else {
-            progress.say("  nftables at 10000 services: skipped in --quick (one nft -f of it takes minutes)");
-            vec!["direct", "sluice", "iptables", "direct-aa"]
-        };
+        // nftables is loaded in batches (Lab::program), seconds even at 10,000.
+        let order = vec!["direct", "sluice", "iptables", "nftables", "direct-aa"];
         for v in [Variant::Sluice, Variant::Iptables, Variant::Nftables] {
-            if v == Variant::Nftables && !nft {
-                continue;
-            }
             let services = workload::with_fillers(&rate_service(lab.cluster(v)), scale);
             let t = std::time::Instant::now();
             // Only node a carries the traffic (client and backends live there).
@@ -64,14 +58,17 @@ pub fn run(plan: &Plan, progress: &Progress, proxy: &Path, probe: &Path, args: &
                 "nftables" => Variant::Nftables,
                 _ => Variant::Direct,
             };
-            // direct-aa (head to head with direct) uses a second pod.
+            // direct addresses the Service's 10 pods round-robin itself: the
+            // same spread over 10 server processes as through the Service,
+            // without translation.
+            let pods: Vec<String> = lab.cluster(Variant::Direct).rate_pods.iter().map(|p| format!("{}:{dport}", p.ip)).collect();
             let one = |variant: &str, ms: u64| {
                 let v = cluster(variant);
-                let target = match v {
-                    Variant::Direct => format!("{}:{dport}", lab.cluster(v).rate_pods[usize::from(variant == AA)].ip),
-                    _ => format!("{VIP_RATE}:{vport}"),
+                let (target, also) = match v {
+                    Variant::Direct => (pods[0].clone(), pods[1..].join(",")),
+                    _ => (format!("{VIP_RATE}:{vport}"), String::new()),
                 };
-                rate(&lab, v, proto, &target, ms)
+                rate(&lab, v, proto, &target, &also, ms)
             };
             let rounds = measure_variants(plan.seq_rounds, progress, &name, &order, |variant| {
                 lab.flush_conntrack(cluster(variant));
@@ -143,24 +140,14 @@ fn scaling_rows(rows: &[Row]) -> Vec<Row> {
 }
 
 /// One bounded rate run; transactions per second.
-fn rate(lab: &Lab, v: Variant, proto: &str, target: &str, ms: u64) -> anyhow::Result<f64> {
+fn rate(lab: &Lab, v: Variant, proto: &str, target: &str, also: &str, ms: u64) -> anyhow::Result<f64> {
     let probe = lab.probe_bin.clone();
-    let out = lab.run_client(
-        v,
-        &probe,
-        &[
-            "rate",
-            proto,
-            target,
-            "--duration-ms",
-            &ms.to_string(),
-            "--max",
-            "1000000",
-            "--timeout-ms",
-            "1000",
-        ],
-        Duration::from_millis(ms + 15_000),
-    );
+    let ms_arg = ms.to_string();
+    let mut args = vec!["rate", proto, target, "--duration-ms", &ms_arg, "--max", "1000000", "--timeout-ms", "1000"];
+    if !also.is_empty() {
+        args.extend(["--also", also]);
+    }
+    let out = lab.run_client(v, &probe, &args, Duration::from_millis(ms + 15_000));
     let text = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(text.trim())
         .with_context(|| format!("probe output is not JSON ({}): {text:.300} {}", out.status, String::from_utf8_lossy(&out.stderr)))?;

@@ -448,14 +448,21 @@ impl Lab {
                 }
             }
             Variant::Nftables => {
-                let mut text = nft_reset();
-                text.push_str(&workload::nft_ruleset(services, CLUSTER_CIDR));
-                let file = self.scratch("nft").join("rules.nft");
-                fs::write(&file, text)?;
+                // Batches of 500 Services: the same rules in seconds instead
+                // of minutes (see workload::nft_ruleset_batches).
+                let mut files = Vec::new();
+                for (k, batch) in workload::nft_ruleset_batches(services, CLUSTER_CIDR, 500).into_iter().enumerate() {
+                    let text = if k == 0 { nft_reset() + &batch } else { batch };
+                    let file = self.scratch("nft").join(format!("rules-{k}.nft"));
+                    fs::write(&file, text)?;
+                    files.push(file);
+                }
                 for ns in self.nodes(i, both_nodes) {
-                    let mut cmd = Command::new("nft");
-                    cmd.arg("-f").arg(&file);
-                    run_ok_in_netns(&ns, cmd, limit)?;
+                    for file in &files {
+                        let mut cmd = Command::new("nft");
+                        cmd.arg("-f").arg(file);
+                        run_ok_in_netns(&ns, cmd, limit)?;
+                    }
                 }
             }
         }

@@ -76,8 +76,10 @@ pub struct Plan {
     pub change_runs: usize,
     /// Single-endpoint-change samples for iptables (a full restore each).
     pub change_runs_slow: usize,
-    /// Whether nftables is measured at 10,000 Services: one `nft -f` of that
-    /// ruleset costs about 3 CPU-minutes on this kernel, too much for --quick.
+    /// Whether the control plane measures nftables' cold load at 10,000
+    /// Services: one `nft -f` of that ruleset (kube-proxy's single
+    /// transaction) costs about 4 CPU-minutes on this kernel, too much for
+    /// --quick.
     pub nft_10k: bool,
 }
 

@@ -201,9 +201,10 @@ pub(super) fn head_to_head(
     h2h_rows(&name, variants, ratios)
 }
 
-/// One row per head-to-head variant: its per-pair ratios to direct.
+/// One row per head-to-head variant: its per-pair ratios to direct; its
+/// `x iptables` is the ratio of its median to iptables' median.
 pub(super) fn h2h_rows(name: &str, variants: &[&str], ratios: Vec<Vec<f64>>) -> Vec<Row> {
-    variants
+    let mut rows: Vec<Row> = variants
         .iter()
         .zip(ratios)
         .map(|(v, samples)| {
@@ -211,7 +212,12 @@ pub(super) fn h2h_rows(name: &str, variants: &[&str], ratios: Vec<Vec<f64>>) -> 
             row.ratio_to_direct = (!row.samples.is_empty()).then(|| median(&row.samples));
             row.with_note("run at the same time as direct; its result over direct's, per pair")
         })
-        .collect()
+        .collect();
+    let iptables = rows.iter().find(|r| r.variant == "iptables").and_then(|r| r.ratio_to_direct);
+    for row in rows.iter_mut().filter(|r| r.variant != "iptables") {
+        row.ratio_to_iptables = row.ratio_to_direct.zip(iptables).map(|(a, b)| a / b);
+    }
+    rows
 }
 
 /// [`measure_variants`] over [`ORDER`].
@@ -365,5 +371,8 @@ mod tests {
         assert_eq!(rows[0].unit, "x direct");
         assert_eq!(rows[0].ratio_to_direct, Some(0.99));
         assert_eq!(rows[1].ratio_to_direct, None);
+        let rows = h2h_rows("y, head to head", &["sluice", "iptables"], vec![vec![1.0], vec![0.8]]);
+        assert_eq!(rows[0].ratio_to_iptables, Some(1.25));
+        assert_eq!(rows[1].ratio_to_iptables, None);
     }
 }

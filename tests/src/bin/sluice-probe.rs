@@ -89,6 +89,11 @@ enum Cmd {
     Rate {
         proto: Proto,
         addr: SocketAddr,
+        /// More targets: the transactions go round-robin over ADDR and
+        /// these (client-side balancing, the untranslated counterpart of a
+        /// Service with that many endpoints).
+        #[arg(long, value_delimiter = ',')]
+        also: Vec<SocketAddr>,
         #[arg(long)]
         duration_ms: u64,
         #[arg(long, default_value_t = 1_000_000)]
@@ -200,6 +205,7 @@ fn main() -> ExitCode {
         Cmd::Rate {
             proto,
             addr,
+            also,
             duration_ms,
             max,
             timeout_ms,
@@ -208,8 +214,11 @@ fn main() -> ExitCode {
             let mut tally = Tally::default();
             let start = Instant::now();
             let end = start + ms(duration_ms);
+            let targets: Vec<SocketAddr> = std::iter::once(addr).chain(also).collect();
             let mut n = 0;
             while n < max && Instant::now() < end {
+                #[expect(clippy::cast_possible_truncation, reason = "an index into a short list")]
+                let addr = targets[(n % targets.len() as u64) as usize];
                 let r = match proto {
                     Proto::Tcp => tcp_transaction(addr, t),
                     Proto::Udp => udp_transaction(addr, false, t, None),
