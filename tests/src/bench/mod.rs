@@ -5,8 +5,13 @@
 //! Groups: `throughput` (iperf3 from a pod through a ClusterIP, and from an
 //! outside client through a NodePort to a pod on another node), `connrate` (new TCP
 //! connections and UDP request/responses per second at 10, 1,000 and 10,000
-//! Services), `control` (programming time and agent memory), and the hooks
-//! `cni` and `dns` (report "skipped" until those components are wired).
+//! Services), `control` (programming time and agent memory), `cni` (pod to
+//! pod across nodes, CNI ADD latency) and `dns` (dnsperf).
+//!
+//! Through Services, each measurement has two parts: alternating rounds
+//! (each variant alone, bracketed by two `direct` runs: the absolute
+//! figures), then head-to-head rounds (each variant at the same time as a
+//! `direct` run: the ratios; see [`throughput::head_to_head`]).
 
 mod cni;
 mod connrate;

@@ -154,8 +154,12 @@ fn markdown(rows: &[Row], timings: &[(String, Duration)], plan: &Plan, tools: &[
          variant runs at the same time as a `direct` run (clients on CPU 0, servers on CPU 1 for \
          both), so both see the same machine during those seconds, and the sample is its result \
          over direct's in that pair. What is left is which path costs fewer CPU cycles per byte or \
-         per transaction. `direct-aa` there is direct against a second direct run (its noise \
-         floor).\n"
+         per transaction when the CPUs are saturated. `direct-aa` there is direct against a second \
+         direct run (its noise floor). It is a precise test that a path adds nothing, not a full \
+         measure of what a costlier path loses alone: work done in softirq is partly paid by \
+         whichever run is on the CPU (iptables' walk of 10,000 Services shows much less head to \
+         head than alone), while a path that needs more CPU in total (an extra node hop) loses \
+         more there than alone, where the hop runs on the otherwise idle CPU.\n"
     );
     md.push_str(&h2h_summary(rows));
     let _ = writeln!(
