@@ -97,7 +97,7 @@ impl Plan {
                 seq_rounds: 2,
                 iperf_secs: 2,
                 h2h_rounds: 2,
-                h2h_secs: 2,
+                h2h_secs: 1,
                 h2h_rate_ms: 500,
                 rate_ms: 1000,
                 cold_runs: 3,
