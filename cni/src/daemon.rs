@@ -73,6 +73,11 @@ pub struct Args {
     /// CNI network name in the conflist.
     #[arg(long, default_value = "sluice")]
     pub network_name: String,
+    /// The conflist's cniVersion. 1.1.0 (GC and STATUS) needs every chained
+    /// plugin to know it; reference plugins before v1.5 (Debian 12 ships
+    /// 1.1.1) refuse it, so write 1.0.0 where those run.
+    #[arg(long, default_value = crate::spec::LATEST_VERSION, value_parser = crate::spec::SUPPORTED_VERSIONS.to_vec())]
+    pub cni_version: String,
     /// Leave pod traffic's source address alone.
     #[arg(long)]
     pub no_masquerade: bool,
@@ -489,9 +494,9 @@ fn masquerade(local: &[IpNetwork], cluster: &[IpNetwork]) -> Result<()> {
 }
 
 /// The conflist: sluice-cni, then portmap for hostPorts.
-pub fn conflist(network: &str, subnet_file: &std::path::Path, ipam_dir: &std::path::Path) -> serde_json::Value {
+pub fn conflist(network: &str, cni_version: &str, subnet_file: &std::path::Path, ipam_dir: &std::path::Path) -> serde_json::Value {
     serde_json::json!({
-        "cniVersion": crate::spec::LATEST_VERSION,
+        "cniVersion": cni_version,
         "name": network,
         "plugins": [
             {
@@ -509,7 +514,7 @@ pub fn conflist(network: &str, subnet_file: &std::path::Path, ipam_dir: &std::pa
 
 fn write_conflist(args: &Args, subnet_path: &std::path::Path) -> Result<()> {
     let path = args.cni_conf_dir.join(&args.cni_conf_name);
-    let body = serde_json::to_vec_pretty(&conflist(&args.network_name, subnet_path, &args.ipam_dir)).expect("serialises");
+    let body = serde_json::to_vec_pretty(&conflist(&args.network_name, &args.cni_version, subnet_path, &args.ipam_dir)).expect("serialises");
     if std::fs::read(&path).ok().as_deref() == Some(body.as_slice()) {
         return Ok(());
     }

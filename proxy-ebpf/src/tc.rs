@@ -223,7 +223,7 @@ fn fib_params(saddr: u32, daddr: u32, ifindex: u32, p: &Packet) -> FibParams {
 /// interfaces are veths (see `EXT_F_PEER_REDIRECT`); a packet leaving
 /// through `in_ifindex`, the one it came in on, then goes straight to the
 /// ingress of that veth's peer.
-fn forward(ctx: &TcContext, fib: &mut FibParams, looked_up: Option<i64>, peer: bool, in_ifindex: u32) -> i32 {
+fn forward(ctx: &TcContext, fib: &mut FibParams, daddr: u32, looked_up: Option<i64>, peer: bool, in_ifindex: u32) -> i32 {
     let rc = match looked_up {
         Some(rc) => rc,
         None => {
@@ -231,6 +231,10 @@ fn forward(ctx: &TcContext, fib: &mut FibParams, looked_up: Option<i64>, peer: b
             unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, size_of::<FibParams>() as i32, 0) }
         }
     };
+    let routed = rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
+    if routed && delivered_here(fib, daddr, in_ifindex) {
+        return TC_ACT_OK as i32;
+    }
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         let mut macs = [0u8; 12];
         macs[..6].copy_from_slice(&fib.dmac);
@@ -255,6 +259,20 @@ fn forward(ctx: &TcContext, fib: &mut FibParams, looked_up: Option<i64>, peer: b
         return unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) } as i32;
     }
     TC_ACT_OK as i32
+}
+
+/// The FIB sends `daddr` out of another interface than the one the packet
+/// came in on, without a gateway: a pod (or address) of this node. Such
+/// packets go up the node's stack instead of being redirected, so the node's
+/// netfilter conntrack sees the flow in its original direction; otherwise
+/// it would pick up the pod's replies as new flows and a masquerade rule
+/// (sluice-cni's, flannel's) would rewrite them before the egress program's
+/// reverse translation.
+#[inline(always)]
+fn delivered_here(fib: &FibParams, daddr: u32, in_ifindex: u32) -> bool {
+    // SAFETY: plain-data union, filled by the lookup.
+    let nexthop = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+    fib.ifindex != in_ifindex && nexthop == daddr
 }
 
 /// Picks a backend for a new flow: the Maglev table when configured (same
@@ -506,7 +524,7 @@ fn ingress(ctx: &TcContext) -> i32 {
             return TC_ACT_SHOT as i32;
         }
         let mut fib = fib_params(ent.nat_saddr, ent.nat_daddr, ifindex, &p);
-        return forward(ctx, &mut fib, None, peer, ifindex);
+        return forward(ctx, &mut fib, ent.nat_daddr, None, peer, ifindex);
     }
 
     // 2. A packet to an external frontend.
@@ -534,7 +552,7 @@ fn ingress(ctx: &TcContext) -> i32 {
                 return TC_ACT_SHOT as i32;
             }
             let mut fib = fib_params(ent.nat_saddr, ent.nat_daddr, ifindex, &p);
-            return forward(ctx, &mut fib, None, peer, ifindex);
+            return forward(ctx, &mut fib, ent.nat_daddr, None, peer, ifindex);
         }
     }
 
@@ -548,12 +566,25 @@ fn ingress(ctx: &TcContext) -> i32 {
     let mut fib = fib_params(p.saddr, be.addr, ifindex, &p);
     // SAFETY: fib is valid for the call.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_SRC) };
-    // The backend is behind the interface the packet came in on: another
-    // node. Its reply must come back through us, so SNAT to our address.
-    let snat = (rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH))
-        && fib.ifindex == ifindex;
+    // The backend is on another node: behind the interface the packet came
+    // in on, or behind a gateway on another one (an overlay such as VXLAN).
+    // Its reply must come back through us, so SNAT to the address this node
+    // has toward the client: the backend's node reaches it over the underlay
+    // and the reply arrives here, on the interface the flow came in on.
+    let routed = rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
+    let snat = routed && (fib.ifindex == ifindex || !delivered_here(&fib, be.addr, ifindex));
     let (nat_saddr, nat_sport) = if snat {
-        let node = unsafe { fib.__bindgen_anon_3.ipv4_src };
+        let node = if fib.ifindex == ifindex {
+            unsafe { fib.__bindgen_anon_3.ipv4_src }
+        } else {
+            let mut back = fib_params(0, p.saddr, ifindex, &p);
+            // SAFETY: back is valid for the call.
+            let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut back, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_SRC) };
+            if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && rc != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+                return TC_ACT_SHOT as i32;
+            }
+            unsafe { back.__bindgen_anon_3.ipv4_src }
+        };
         let mut rk = CtKey4 { saddr: be.addr, daddr: node, sport: be.port, dport: 0, proto: p.proto, dir: CT_REPLY, _pad: 0 };
         let Some(port) = snat_port(&mut rk, &p) else { return TC_ACT_SHOT as i32 };
         (node, port)
@@ -589,7 +620,7 @@ fn ingress(ctx: &TcContext) -> i32 {
     }
     // The FIB answer for the backend still holds (the source only changes
     // when it became the address the FIB itself chose).
-    forward(ctx, &mut fib, Some(rc), peer, ifindex)
+    forward(ctx, &mut fib, be.addr, Some(rc), peer, ifindex)
 }
 
 #[inline(always)]
