@@ -14,7 +14,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
-use cni_ebpf::{Config, MAX_CLUSTER};
+use cni_common::{Config, MAX_CLUSTER};
 
 /// Set by the daemon at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
