@@ -22,7 +22,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common::{
     external, maps as names, Backend4, CtEntry4, CtKey4, ExternalConfig, ServiceKey4, ServiceValue,
-    SourceRangeKey4, BACKEND_ACTIVE, CT_FORWARD, CT_F_SNAT, CT_REPLY, EXT_F_PEER_REDIRECT, PROTO_TCP,
+    MaglevKey, SourceRangeKey4, BACKEND_ACTIVE, LB_MAGLEV, CT_FORWARD, CT_F_SNAT, CT_REPLY, EXT_F_PEER_REDIRECT, PROTO_TCP,
     PROTO_UDP, SCOPE_EXTERNAL, SOURCE_RANGE_ALLOW, SOURCE_RANGE_DENY, XDP_STAT_FORWARDED, XDP_STAT_PASSED,
 };
 use tests::ThreadNetns;
@@ -615,6 +615,43 @@ fn tc_ingress_drops_sources_outside_load_balancer_source_ranges() {
         flags: TCP_SYN,
     });
     assert_eq!(px.ingress(&outsider, lab.ext).0, TC_ACT_SHOT, "203.0.113.77 is outside the range: dropped");
+}
+
+#[test]
+fn tc_ingress_takes_new_flows_to_the_backend_the_maglev_table_names() {
+    let lab = Lab::new("bpftr-maglev");
+    let mut px = Proxy::load();
+    let other = Ipv4Addr::new(198, 18, 0, 6);
+    px.frontend(NODE, NODEPORT, PROTO_TCP, 20, &[(1, LOCAL_POD, BACKEND_PORT), (5, other, BACKEND_PORT)]);
+    const SIZE: u32 = 7;
+    px.set_config(ExternalConfig {
+        lb_algorithm: LB_MAGLEV,
+        maglev_size: SIZE,
+        tcp_timeout: 300,
+        udp_timeout: 60,
+        enabled: 1,
+        ..Default::default()
+    });
+    {
+        let mut table: HashMap<_, MaglevKey, u32> = px.bpf.map_mut(external::MAGLEV4).expect("maglev").try_into().expect("a hash");
+        for index in 0..SIZE {
+            table.insert(MaglevKey { revnat_id: 20, index }, 5, 0).expect("maglev slot");
+        }
+    }
+    // A random pick would choose backend 1 half of the time; the table says 5.
+    for sport in 0..8u16 {
+        let f = frame(EXT_MAC, ROUTER_MAC, CLIENT, NODE, 64, L4::Tcp {
+            sport: CLIENT_PORT + sport,
+            dport: NODEPORT,
+            seq: 1,
+            ack: 0,
+            flags: TCP_SYN,
+        });
+        let (verdict, out) = px.ingress(&f, lab.ext);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(seen(&out).dst, other, "client port {}: the Maglev table's backend", CLIENT_PORT + sport);
+        assert_checksums(&out, false);
+    }
 }
 
 #[test]
