@@ -26,8 +26,18 @@
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
+// First: its `conf!` macro is used by the modules below.
+#[cfg(target_arch = "bpf")]
+#[macro_use]
+mod config;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod packet;
 #[cfg(target_arch = "bpf")]
 mod prog;
+#[cfg(target_arch = "bpf")]
+mod vxlan;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

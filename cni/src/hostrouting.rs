@@ -15,11 +15,17 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use cni_ebpf::Config;
+use cni_common::Config;
 use ipnetwork::IpNetwork;
 use tracing::info;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-cni-ebpf"));
+
+/// The embedded eBPF object, for tests that load its programs themselves
+/// (the `BPF_PROG_TEST_RUN` tests in `tests/tests/bpf_test_run.rs`).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
 
 pub const FROM_POD: &str = "slc_from_pod";
 pub const TO_POD: &str = "slc_to_pod";

@@ -1,41 +1,20 @@
+//! Socket-level load balancing for ClusterIP traffic: one generic
+//! `lb`/`revnat` over the address family ([`Family`], implemented by [`V4`]
+//! and [`V6`]), so IPv4 and IPv6 cannot drift apart.
+
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_set_retval,
-    },
-    macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext as _,
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, RevNat4, RevNat6, ServiceKey4, ServiceKey6,
-    ServiceValue, SockRevNat, SockRevNatKey4, SockRevNatKey6, BACKEND_ACTIVE, PROTO_TCP, PROTO_UDP,
-    SCOPE_CLUSTER, SVC_FLAG_AFFINITY,
+    AffinityKey, AffinityValue, Backend4, Backend6, ServiceKey4, ServiceKey6, ServiceValue, SockRevNat,
+    SockRevNatKey4, SockRevNatKey6, BACKEND_ACTIVE, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER, SVC_FLAG_AFFINITY,
 };
 
-// Sizes here are defaults; the agent overrides them from its flags.
-// SLC_SVC4 and SLC_BE4 are pub(crate): the tc programs (tc.rs) look up
-// external frontends (scope SCOPE_EXTERNAL) and backends in the same maps.
-#[map]
-pub(crate) static SLC_SVC4: HashMap<ServiceKey4, ServiceValue> = HashMap::pinned(65536, 0);
-#[map]
-static SLC_SVC6: HashMap<ServiceKey6, ServiceValue> = HashMap::pinned(65536, 0);
-#[map]
-pub(crate) static SLC_BE4: HashMap<u32, Backend4> = HashMap::pinned(65536, 0);
-#[map]
-static SLC_BE6: HashMap<u32, Backend6> = HashMap::pinned(65536, 0);
-#[map]
-static SLC_RNAT4: HashMap<u32, RevNat4> = HashMap::pinned(65536, 0);
-#[map]
-static SLC_RNAT6: HashMap<u32, RevNat6> = HashMap::pinned(65536, 0);
-#[map]
-static SLC_SKRNAT4: LruHashMap<SockRevNatKey4, SockRevNat> = LruHashMap::pinned(262_144, 0);
-#[map]
-static SLC_SKRNAT6: LruHashMap<SockRevNatKey6, SockRevNat> = LruHashMap::pinned(262_144, 0);
-#[map]
-static SLC_AFF: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65536, 0);
+use crate::maps::{SLC_AFF, SLC_BE4, SLC_BE6, SLC_RNAT4, SLC_RNAT6, SLC_SKRNAT4, SLC_SKRNAT6, SLC_SVC4, SLC_SVC6};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -43,131 +22,119 @@ const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 
-/// Fail the syscall with `errno` instead of the EPERM a plain reject gives,
-/// so a client of a Service without endpoints sees "connection refused" at once.
-#[inline(always)]
-fn reject(errno: i32) -> i32 {
-    // SAFETY: helper call with a plain integer.
-    unsafe { bpf_set_retval(-errno) };
-    REJECT
+/// What differs between IPv4 and IPv6: where the address sits in the
+/// context, and which maps hold that family's services, backends and
+/// reverse translations.
+trait Family {
+    type Key: Copy;
+    type Backend: Copy;
+
+    /// The slot-0 key of the frontend the socket addresses.
+    fn frontend_key(sa: &bpf_sock_addr, proto: u8) -> Self::Key;
+    fn set_slot(key: &mut Self::Key, slot: u16);
+    fn service(key: &Self::Key) -> Option<ServiceValue>;
+    fn backend(id: u32) -> Option<Self::Backend>;
+    fn is_active(be: &Self::Backend) -> bool;
+    /// Points the socket at the backend and remembers, for `cookie`, which
+    /// frontend it stands for.
+    fn translate(sa: &mut bpf_sock_addr, be: &Self::Backend, cookie: u64, revnat_id: u32);
+    /// Shows the frontend again where the socket sees a backend it was translated to.
+    fn translate_back(sa: &mut bpf_sock_addr, cookie: u64);
 }
 
-#[inline(always)]
-fn sa(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
-    // SAFETY: the kernel hands every sock_addr program a valid context.
-    unsafe { &mut *ctx.sock_addr }
-}
+struct V4;
+struct V6;
 
-#[inline(always)]
-fn l4_proto(sa: &bpf_sock_addr) -> Option<u8> {
-    let proto = sa.protocol;
-    if proto == u32::from(PROTO_TCP) || proto == u32::from(PROTO_UDP) {
-        Some(proto as u8)
-    } else {
-        None
+impl Family for V4 {
+    type Key = ServiceKey4;
+    type Backend = Backend4;
+
+    #[inline(always)]
+    fn frontend_key(sa: &bpf_sock_addr, proto: u8) -> ServiceKey4 {
+        ServiceKey4 { addr: sa.user_ip4, port: sa.user_port as u16, proto, scope: SCOPE_CLUSTER, slot: 0, _pad: 0 }
     }
-}
-
-/// Picks a backend id for a frontend: the affine one if still valid, else a random slot.
-#[inline(always)]
-fn pick_slot(fe: &ServiceValue) -> u16 {
-    // SAFETY: helper call without arguments.
-    let r = unsafe { bpf_get_prandom_u32() };
-    ((r % fe.count) + 1) as u16
-}
-
-#[inline(always)]
-fn affinity_lookup(ctx: &SockAddrContext, fe: &ServiceValue) -> (AffinityKey, Option<(u32, u16)>) {
-    // SAFETY: sock_addr programs may ask for the netns cookie of their context.
-    let client_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let key = AffinityKey { client_cookie, revnat_id: fe.revnat_id, _pad: 0 };
-    // SAFETY: the value is copied out at once.
-    let hit = unsafe { SLC_AFF.get(&key) }.and_then(|v| {
-        let now = unsafe { bpf_ktime_get_ns() };
-        let timeout = u64::from(fe.affinity_timeout) * NSEC_PER_SEC;
-        if now.wrapping_sub(v.last_used_ns) <= timeout && v.slot >= 1 && v.slot <= fe.count {
-            Some((v.backend_id, v.slot as u16))
-        } else {
-            None
-        }
-    });
-    (key, hit)
-}
-
-#[inline(always)]
-fn affinity_store(key: &AffinityKey, backend_id: u32, slot: u16) {
-    let value = AffinityValue { backend_id, slot: u32::from(slot), last_used_ns: unsafe { bpf_ktime_get_ns() } };
-    let _ = SLC_AFF.insert(key, &value, 0);
-}
-
-#[inline(always)]
-fn lb4(ctx: &SockAddrContext) -> i32 {
-    let sa = sa(ctx);
-    let Some(proto) = l4_proto(sa) else { return ALLOW };
-    let mut key = ServiceKey4 {
-        addr: sa.user_ip4,
-        port: sa.user_port as u16,
-        proto,
-        scope: SCOPE_CLUSTER,
-        slot: 0,
-        _pad: 0,
-    };
-    // SAFETY: values are copied out before the next map operation.
-    let Some(fe) = (unsafe { SLC_SVC4.get(&key) }).copied() else { return ALLOW };
-    if fe.count == 0 {
-        return reject(ECONNREFUSED);
-    }
-    let (aff_key, hit) = if fe.flags & SVC_FLAG_AFFINITY != 0 {
-        affinity_lookup(ctx, &fe)
-    } else {
-        (AffinityKey { client_cookie: 0, revnat_id: 0, _pad: 0 }, None)
-    };
-    // The remembered backend still counts only if its slot still holds it.
-    let mut backend = hit.and_then(|(id, slot)| {
+    #[inline(always)]
+    fn set_slot(key: &mut ServiceKey4, slot: u16) {
         key.slot = slot;
-        // SAFETY: the value is read at once.
-        let s = unsafe { SLC_SVC4.get(&key) }?;
-        (s.backend_id == id).then_some(id)
-    });
-    let mut be = backend.and_then(|id| unsafe { SLC_BE4.get(&id) }.copied());
-    if be.is_none_or(|b| b.state != BACKEND_ACTIVE) {
-        key.slot = pick_slot(&fe);
-        // A shrinking service may have dropped this slot between our two
-        // lookups; slot 1 always exists while count > 0.
-        let slot = unsafe { SLC_SVC4.get(&key) }.or_else(|| {
-            key.slot = 1;
-            unsafe { SLC_SVC4.get(&key) }
-        });
-        backend = slot.map(|s| s.backend_id);
-        be = backend.and_then(|id| unsafe { SLC_BE4.get(&id) }.copied());
     }
-    let (Some(id), Some(be)) = (backend, be) else { return reject(EHOSTUNREACH) };
-    if fe.flags & SVC_FLAG_AFFINITY != 0 {
-        affinity_store(&aff_key, id, key.slot);
+    #[inline(always)]
+    fn service(key: &ServiceKey4) -> Option<ServiceValue> {
+        // SAFETY: the value is copied out at once.
+        unsafe { SLC_SVC4.get(key) }.copied()
     }
-    sa.user_ip4 = be.addr;
-    sa.user_port = u32::from(be.port);
-    // SAFETY: sock_addr programs may ask for their socket's cookie.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rkey = SockRevNatKey4 { cookie, addr: be.addr, port: be.port, _pad: 0 };
-    let _ = SLC_SKRNAT4.insert(&rkey, &SockRevNat { revnat_id: fe.revnat_id, _pad: 0 }, 0);
-    ALLOW
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend4> {
+        // SAFETY: the value is copied out at once.
+        unsafe { SLC_BE4.get(&id) }.copied()
+    }
+    #[inline(always)]
+    fn is_active(be: &Backend4) -> bool {
+        be.state == BACKEND_ACTIVE
+    }
+    #[inline(always)]
+    fn translate(sa: &mut bpf_sock_addr, be: &Backend4, cookie: u64, revnat_id: u32) {
+        sa.user_ip4 = be.addr;
+        sa.user_port = u32::from(be.port);
+        let key = SockRevNatKey4 { cookie, addr: be.addr, port: be.port, _pad: 0 };
+        let _ = SLC_SKRNAT4.insert(&key, &SockRevNat { revnat_id, _pad: 0 }, 0);
+    }
+    #[inline(always)]
+    fn translate_back(sa: &mut bpf_sock_addr, cookie: u64) {
+        let key = SockRevNatKey4 { cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
+        // SAFETY: values copied out at once.
+        let Some(rn) = (unsafe { SLC_SKRNAT4.get(&key) }).copied() else { return };
+        if let Some(front) = unsafe { SLC_RNAT4.get(&rn.revnat_id) } {
+            sa.user_ip4 = front.addr;
+            sa.user_port = u32::from(front.port);
+        }
+    }
 }
 
-#[inline(always)]
-fn revnat4(ctx: &SockAddrContext) -> i32 {
-    let sa = sa(ctx);
-    if l4_proto(sa).is_none() {
-        return ALLOW;
+impl Family for V6 {
+    type Key = ServiceKey6;
+    type Backend = Backend6;
+
+    #[inline(always)]
+    fn frontend_key(sa: &bpf_sock_addr, proto: u8) -> ServiceKey6 {
+        ServiceKey6 { addr: read_ip6(sa), port: sa.user_port as u16, proto, scope: SCOPE_CLUSTER, slot: 0, _pad: 0 }
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevNatKey4 { cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
-    let Some(rn) = (unsafe { SLC_SKRNAT4.get(&key) }).copied() else { return ALLOW };
-    if let Some(front) = unsafe { SLC_RNAT4.get(&rn.revnat_id) } {
-        sa.user_ip4 = front.addr;
-        sa.user_port = u32::from(front.port);
+    #[inline(always)]
+    fn set_slot(key: &mut ServiceKey6, slot: u16) {
+        key.slot = slot;
     }
-    ALLOW
+    #[inline(always)]
+    fn service(key: &ServiceKey6) -> Option<ServiceValue> {
+        // SAFETY: the value is copied out at once.
+        unsafe { SLC_SVC6.get(key) }.copied()
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend6> {
+        // SAFETY: the value is copied out at once.
+        unsafe { SLC_BE6.get(&id) }.copied()
+    }
+    #[inline(always)]
+    fn is_active(be: &Backend6) -> bool {
+        be.state == BACKEND_ACTIVE
+    }
+    #[inline(always)]
+    fn translate(sa: &mut bpf_sock_addr, be: &Backend6, cookie: u64, revnat_id: u32) {
+        write_ip6(sa, &be.addr);
+        sa.user_port = u32::from(be.port);
+        let key = SockRevNatKey6 { cookie, addr: be.addr, port: be.port, _pad: [0; 6] };
+        let _ = SLC_SKRNAT6.insert(&key, &SockRevNat { revnat_id, _pad: 0 }, 0);
+    }
+    #[inline(always)]
+    fn translate_back(sa: &mut bpf_sock_addr, cookie: u64) {
+        let key = SockRevNatKey6 { cookie, addr: read_ip6(sa), port: sa.user_port as u16, _pad: [0; 6] };
+        // SAFETY: values copied out at once.
+        let Some(rn) = (unsafe { SLC_SKRNAT6.get(&key) }).copied() else { return };
+        if let Some(front) = unsafe { SLC_RNAT6.get(&rn.revnat_id) } {
+            let addr = front.addr;
+            let port = front.port;
+            write_ip6(sa, &addr);
+            sa.user_port = u32::from(port);
+        }
+    }
 }
 
 #[inline(always)]
@@ -195,111 +162,162 @@ fn write_ip6(sa: &mut bpf_sock_addr, addr: &[u8; 16]) {
     sa.user_ip6[3] = u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]);
 }
 
+/// Fail the syscall with `errno` instead of the EPERM a plain reject gives,
+/// so a client of a Service without endpoints sees "connection refused" at once.
 #[inline(always)]
-fn lb6(ctx: &SockAddrContext) -> i32 {
+fn reject(errno: i32) -> i32 {
+    // SAFETY: helper call with a plain integer.
+    unsafe { bpf_set_retval(-errno) };
+    REJECT
+}
+
+#[inline(always)]
+fn sa(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    unsafe { &mut *ctx.sock_addr }
+}
+
+#[inline(always)]
+fn l4_proto(sa: &bpf_sock_addr) -> Option<u8> {
+    let proto = sa.protocol;
+    if proto == u32::from(PROTO_TCP) || proto == u32::from(PROTO_UDP) {
+        Some(proto as u8)
+    } else {
+        None
+    }
+}
+
+/// A random backend slot of a frontend (1..=count).
+#[inline(always)]
+fn pick_slot(fe: &ServiceValue) -> u16 {
+    // SAFETY: helper call without arguments.
+    let r = unsafe { bpf_get_prandom_u32() };
+    ((r % fe.count) + 1) as u16
+}
+
+/// The client's remembered (backend id, slot) for this frontend, if not expired.
+#[inline(always)]
+fn affinity_lookup(ctx: &SockAddrContext, fe: &ServiceValue) -> (AffinityKey, Option<(u32, u16)>) {
+    // SAFETY: sock_addr programs may ask for the netns cookie of their context.
+    let client_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = AffinityKey { client_cookie, revnat_id: fe.revnat_id, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    let hit = unsafe { SLC_AFF.get(&key) }.and_then(|v| {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let timeout = u64::from(fe.affinity_timeout) * NSEC_PER_SEC;
+        if now.wrapping_sub(v.last_used_ns) <= timeout && v.slot >= 1 && v.slot <= fe.count {
+            Some((v.backend_id, v.slot as u16))
+        } else {
+            None
+        }
+    });
+    (key, hit)
+}
+
+#[inline(always)]
+fn affinity_store(key: &AffinityKey, backend_id: u32, slot: u16) {
+    // SAFETY: helper without arguments.
+    let value = AffinityValue { backend_id, slot: u32::from(slot), last_used_ns: unsafe { bpf_ktime_get_ns() } };
+    let _ = SLC_AFF.insert(key, &value, 0);
+}
+
+/// connect/sendmsg: a socket addressing a frontend is pointed at one of its
+/// backends (the affine one while valid, else a random slot).
+#[inline(always)]
+fn lb<F: Family>(ctx: &SockAddrContext) -> i32 {
     let sa = sa(ctx);
     let Some(proto) = l4_proto(sa) else { return ALLOW };
-    let mut key = ServiceKey6 {
-        addr: read_ip6(sa),
-        port: sa.user_port as u16,
-        proto,
-        scope: SCOPE_CLUSTER,
-        slot: 0,
-        _pad: 0,
-    };
-    let Some(fe) = (unsafe { SLC_SVC6.get(&key) }).copied() else { return ALLOW };
+    let mut key = F::frontend_key(sa, proto);
+    let Some(fe) = F::service(&key) else { return ALLOW };
     if fe.count == 0 {
         return reject(ECONNREFUSED);
     }
-    let (aff_key, hit) = if fe.flags & SVC_FLAG_AFFINITY != 0 {
+    let affinity = fe.flags & SVC_FLAG_AFFINITY != 0;
+    let (aff_key, hit) = if affinity {
         affinity_lookup(ctx, &fe)
     } else {
         (AffinityKey { client_cookie: 0, revnat_id: 0, _pad: 0 }, None)
     };
     // The remembered backend still counts only if its slot still holds it.
-    let mut backend = hit.and_then(|(id, slot)| {
-        key.slot = slot;
-        // SAFETY: the value is read at once.
-        let s = unsafe { SLC_SVC6.get(&key) }?;
-        (s.backend_id == id).then_some(id)
+    let mut slot = 0;
+    let mut backend = hit.and_then(|(id, s)| {
+        slot = s;
+        F::set_slot(&mut key, s);
+        let held = F::service(&key)?;
+        (held.backend_id == id).then_some(id)
     });
-    let mut be = backend.and_then(|id| unsafe { SLC_BE6.get(&id) }.copied());
-    if be.is_none_or(|b| b.state != BACKEND_ACTIVE) {
-        key.slot = pick_slot(&fe);
-        let slot = unsafe { SLC_SVC6.get(&key) }.or_else(|| {
-            key.slot = 1;
-            unsafe { SLC_SVC6.get(&key) }
+    let mut be = backend.and_then(F::backend);
+    if be.is_none_or(|b| !F::is_active(&b)) {
+        slot = pick_slot(&fe);
+        F::set_slot(&mut key, slot);
+        // A shrinking service may have dropped this slot between our two
+        // lookups; slot 1 always exists while count > 0.
+        let held = F::service(&key).or_else(|| {
+            slot = 1;
+            F::set_slot(&mut key, 1);
+            F::service(&key)
         });
-        backend = slot.map(|s| s.backend_id);
-        be = backend.and_then(|id| unsafe { SLC_BE6.get(&id) }.copied());
+        backend = held.map(|s| s.backend_id);
+        be = backend.and_then(F::backend);
     }
     let (Some(id), Some(be)) = (backend, be) else { return reject(EHOSTUNREACH) };
-    if fe.flags & SVC_FLAG_AFFINITY != 0 {
-        affinity_store(&aff_key, id, key.slot);
+    if affinity {
+        affinity_store(&aff_key, id, slot);
     }
-    write_ip6(sa, &be.addr);
-    sa.user_port = u32::from(be.port);
+    // SAFETY: sock_addr programs may ask for their socket's cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rkey = SockRevNatKey6 { cookie, addr: be.addr, port: be.port, _pad: [0; 6] };
-    let _ = SLC_SKRNAT6.insert(&rkey, &SockRevNat { revnat_id: fe.revnat_id, _pad: 0 }, 0);
+    F::translate(sa, &be, cookie, fe.revnat_id);
     ALLOW
 }
 
+/// recvmsg/getpeername: the application sees the frontend, never the backend.
 #[inline(always)]
-fn revnat6(ctx: &SockAddrContext) -> i32 {
+fn revnat<F: Family>(ctx: &SockAddrContext) -> i32 {
     let sa = sa(ctx);
-    if l4_proto(sa).is_none() {
-        return ALLOW;
-    }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key =
-        SockRevNatKey6 { cookie, addr: read_ip6(sa), port: sa.user_port as u16, _pad: [0; 6] };
-    let Some(rn) = (unsafe { SLC_SKRNAT6.get(&key) }).copied() else { return ALLOW };
-    if let Some(front) = unsafe { SLC_RNAT6.get(&rn.revnat_id) } {
-        let addr = front.addr;
-        let port = front.port;
-        write_ip6(sa, &addr);
-        sa.user_port = u32::from(port);
+    if l4_proto(sa).is_some() {
+        // SAFETY: sock_addr programs may ask for their socket's cookie.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        F::translate_back(sa, cookie);
     }
     ALLOW
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn slc_connect4(ctx: SockAddrContext) -> i32 {
-    lb4(&ctx)
+    lb::<V4>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn slc_sendmsg4(ctx: SockAddrContext) -> i32 {
-    lb4(&ctx)
+    lb::<V4>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn slc_recvmsg4(ctx: SockAddrContext) -> i32 {
-    revnat4(&ctx)
+    revnat::<V4>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn slc_getpeername4(ctx: SockAddrContext) -> i32 {
-    revnat4(&ctx)
+    revnat::<V4>(&ctx)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn slc_connect6(ctx: SockAddrContext) -> i32 {
-    lb6(&ctx)
+    lb::<V6>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn slc_sendmsg6(ctx: SockAddrContext) -> i32 {
-    lb6(&ctx)
+    lb::<V6>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn slc_recvmsg6(ctx: SockAddrContext) -> i32 {
-    revnat6(&ctx)
+    revnat::<V6>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn slc_getpeername6(ctx: SockAddrContext) -> i32 {
-    revnat6(&ctx)
+    revnat::<V6>(&ctx)
 }

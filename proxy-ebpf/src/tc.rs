@@ -14,170 +14,35 @@
 //! out of the interface the packet came in on; so does a LoadBalancer IP or
 //! ExternalIP (not a node address) for a port or protocol it does not serve.
 //! A node address leaves unknown ports to the stack (where `slc_bind4`
-//! keeps NodePorts closed to host sockets).
+//! keeps NodePorts closed to host sockets). The refusals are built in
+//! reject.rs; what tc and XDP share about flows is in conntrack.rs.
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
-        TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SRC, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{
-        bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
-        bpf_redirect_neigh, bpf_redirect_peer, bpf_set_retval, bpf_skb_change_tail,
-    },
-    macros::{cgroup_sock_addr, classifier, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
-    programs::{SockAddrContext, TcContext},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
     EbpfContext as _,
 };
 use proxy_common::{
-    Backend4, CtEntry4, CtKey4, ExternalConfig, MaglevKey, NodePortBindKey, ServiceKey4,
-    ServiceValue, SourceRangeKey4, CT_FORWARD, CT_F_SNAT, CT_REPLY, EXT_F_PEER_REDIRECT, LB_MAGLEV,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SOURCE_RANGE_DENY,
+    Backend4, CtEntry4, CtKey4, ExternalConfig, MaglevKey, ServiceKey4, ServiceValue, CT_FORWARD, CT_F_SNAT,
+    CT_REPLY, EXT_F_PEER_REDIRECT, LB_MAGLEV, PROTO_UDP, SCOPE_EXTERNAL,
 };
 
-use crate::sock_lb::{SLC_BE4, SLC_SVC4};
-
-#[map]
-pub(crate) static SLC_CT4: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(262_144, 0);
-#[map]
-static SLC_MAGLEV4: HashMap<MaglevKey, u32> = HashMap::pinned(65_536, 0);
-#[map]
-static SLC_SRCR4: LpmTrie<SourceRangeKey4, u32> = LpmTrie::pinned(16_384, 0);
-#[map]
-static SLC_NPBIND: HashMap<NodePortBindKey, u32> = HashMap::pinned(16_384, 0);
-#[map]
-pub(crate) static SLC_EXTCFG: Array<ExternalConfig> = Array::pinned(1, 0);
-#[map]
-static SLC_EXTIP4: HashMap<u32, u32> = HashMap::pinned(16_384, 0);
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const IP_SADDR: usize = ETH_HLEN + 12;
-const IP_DADDR: usize = ETH_HLEN + 16;
-const IP_CHECK: usize = ETH_HLEN + 10;
-const TCP_FLAG_FIN: u8 = 0x01;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_RST: u8 = 0x04;
-const TCP_FLAG_ACK: u8 = 0x10;
-const AF_INET: u8 = 2;
-const PROTO_ICMP: u8 = 1;
-const NSEC_PER_SEC: u64 = 1_000_000_000;
-
-/// The parts of an IPv4 TCP/UDP packet the NAT needs (network byte order).
-#[derive(Clone, Copy)]
-struct Packet {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-    tcp_flags: u8,
-    l4_off: usize,
-    ip_len: u16,
-    tcp_seq: u32,
-    tcp_ack: u32,
-    tcp_doff: u8,
-}
-
-#[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *const T)
-}
-
-#[inline(always)]
-fn byte(ctx: &TcContext, off: usize) -> Option<u8> {
-    // SAFETY: bounds checked by ptr_at.
-    ptr_at::<u8>(ctx, off).map(|p| unsafe { *p })
-}
-
-#[inline(always)]
-fn be16(ctx: &TcContext, off: usize) -> Option<u16> {
-    // SAFETY: bounds checked by ptr_at; unaligned read of plain bytes.
-    ptr_at::<u16>(ctx, off).map(|p| unsafe { p.read_unaligned() })
-}
-
-#[inline(always)]
-fn be32(ctx: &TcContext, off: usize) -> Option<u32> {
-    // SAFETY: as above.
-    ptr_at::<u32>(ctx, off).map(|p| unsafe { p.read_unaligned() })
-}
-
-#[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    if u16::from_be(be16(ctx, 12)?) != ETH_P_IP {
-        return None;
-    }
-    let vihl = byte(ctx, ETH_HLEN)?;
-    if vihl >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if ihl < 20 {
-        return None;
-    }
-    // Fragments: only a first fragment carries ports; leave the rest alone.
-    let frag = u16::from_be(be16(ctx, ETH_HLEN + 6)?);
-    if frag & 0x3fff != 0 {
-        return None;
-    }
-    let proto = byte(ctx, ETH_HLEN + 9)?;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
-    }
-    let l4_off = ETH_HLEN + ihl;
-    let mut p = Packet {
-        saddr: be32(ctx, IP_SADDR)?,
-        daddr: be32(ctx, IP_DADDR)?,
-        sport: be16(ctx, l4_off)?,
-        dport: be16(ctx, l4_off + 2)?,
-        proto,
-        tcp_flags: 0,
-        l4_off,
-        ip_len: u16::from_be(be16(ctx, ETH_HLEN + 2)?),
-        tcp_seq: 0,
-        tcp_ack: 0,
-        tcp_doff: 0,
-    };
-    if proto == PROTO_TCP {
-        p.tcp_seq = u32::from_be(be32(ctx, l4_off + 4)?);
-        p.tcp_ack = u32::from_be(be32(ctx, l4_off + 8)?);
-        p.tcp_doff = byte(ctx, l4_off + 12)? >> 4;
-        p.tcp_flags = byte(ctx, l4_off + 13)?;
-    }
-    Some(p)
-}
-
-#[inline(always)]
-fn config() -> ExternalConfig {
-    SLC_EXTCFG.get(0).copied().unwrap_or_default()
-}
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-fn timeout_ns(cfg: &ExternalConfig, proto: u8) -> u64 {
-    let s = if proto == PROTO_TCP { cfg.tcp_timeout } else { cfg.udp_timeout };
-    let s = if s == 0 { 60 } else { s };
-    u64::from(s) * NSEC_PER_SEC
-}
+use crate::conntrack::{config, live_forward, now, refresh, source_denied};
+use crate::maps::{SLC_BE4, SLC_CT4, SLC_EXTIP4, SLC_MAGLEV4, SLC_SVC4};
+use crate::packet::{l4_csum_off, parse, Packet, AF_INET, IP_CHECK, IP_DADDR, IP_SADDR};
+use crate::reject::reject;
 
 /// Rewrites the four tuple fields that differ, fixing the IP and L4 checksums.
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &Packet, saddr: u32, daddr: u32, sport: u16, dport: u16) -> Option<()> {
-    let csum_off = if p.proto == PROTO_TCP { p.l4_off + 16 } else { p.l4_off + 6 };
+    let csum_off = l4_csum_off(p.proto, p.l4_off);
     // A UDP checksum of 0 means "none" and must stay so.
     let mangled = if p.proto == PROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
     if saddr != p.saddr {
@@ -216,13 +81,12 @@ fn fib_params(saddr: u32, daddr: u32, ifindex: u32, p: &Packet) -> FibParams {
     f
 }
 
-/// Sends the (already rewritten) packet toward its destination without the
-/// stack's forwarding path. Falls back to the stack when the FIB cannot say.
+/// Sends the (already rewritten) packet toward `fib`'s destination without
+/// the stack's forwarding path; falls back to the stack when the FIB cannot
+/// say. `peer`: the interfaces are veths (see `EXT_F_PEER_REDIRECT`); a
+/// packet leaving through `in_ifindex`, the one it came in on, then goes
+/// straight to the ingress of that veth's peer.
 #[inline(always)]
-/// Sends the packet on towards `fib`'s destination. `peer`: the
-/// interfaces are veths (see `EXT_F_PEER_REDIRECT`); a packet leaving
-/// through `in_ifindex`, the one it came in on, then goes straight to the
-/// ingress of that veth's peer.
 fn forward(ctx: &TcContext, fib: &mut FibParams, daddr: u32, looked_up: Option<i64>, peer: bool, in_ifindex: u32) -> i32 {
     let rc = match looked_up {
         Some(rc) => rc,
@@ -344,164 +208,6 @@ fn snat_port(rkey: &mut CtKey4, p: &Packet) -> Option<u16> {
     None
 }
 
-/// Refuses a packet no backend will take: RST for TCP, ICMP port
-/// unreachable for UDP.
-#[inline(always)]
-fn reject(ctx: &TcContext, p: &Packet) -> i32 {
-    if p.proto == PROTO_TCP {
-        reset(ctx, p)
-    } else {
-        port_unreachable(ctx, p)
-    }
-}
-
-/// Answers a UDP datagram with ICMP port unreachable from the address it
-/// was sent to (carrying its IP header and first 8 bytes, as RFC 792 asks),
-/// built in place and sent back out of the interface it came in on.
-#[inline(always)]
-fn port_unreachable(ctx: &TcContext, p: &Packet) -> i32 {
-    const ICMP_LEN: usize = 8 + 28;
-    const LEN: usize = ETH_HLEN + 20 + ICMP_LEN;
-    if p.proto != PROTO_UDP || p.l4_off != ETH_HLEN + 20 {
-        return TC_ACT_SHOT as i32;
-    }
-    let Some(macs) = ptr_at::<[u8; 12]>(ctx, 0).map(|m| unsafe { *m }) else { return TC_ACT_SHOT as i32 };
-    let Some(orig) = ptr_at::<[u8; 28]>(ctx, ETH_HLEN).map(|o| unsafe { *o }) else { return TC_ACT_SHOT as i32 };
-    let mut out = [0u8; LEN];
-    out[0..6].copy_from_slice(&macs[6..12]);
-    out[6..12].copy_from_slice(&macs[0..6]);
-    out[12] = 0x08;
-    out[13] = 0x00;
-    let ip = [0x45u8, 0xc0, 0, (20 + ICMP_LEN) as u8, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0];
-    out[14..26].copy_from_slice(&ip);
-    out[26..30].copy_from_slice(&p.daddr.to_ne_bytes());
-    out[30..34].copy_from_slice(&p.saddr.to_ne_bytes());
-    // type 3 (destination unreachable), code 3 (port unreachable)
-    out[34] = 3;
-    out[35] = 3;
-    out[42..70].copy_from_slice(&orig);
-    let ip_sum = fold(sum16(&out, 14, 20));
-    out[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    let icmp_sum = fold(sum16(&out, 34, ICMP_LEN));
-    out[36..38].copy_from_slice(&icmp_sum.to_be_bytes());
-    // SAFETY: plain helper call on our own skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0 {
-        return TC_ACT_SHOT as i32;
-    }
-    if ctx.store(0, &out, 0).is_err() {
-        return TC_ACT_SHOT as i32;
-    }
-    // SAFETY: the skb context is valid; ifindex is a plain read.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
-}
-
-/// Answers a TCP segment with a RST from the frontend, in place, and sends
-/// it back out of the interface it came in on.
-#[inline(always)]
-fn reset(ctx: &TcContext, p: &Packet) -> i32 {
-    if p.proto != PROTO_TCP || p.tcp_flags & TCP_FLAG_RST != 0 || p.l4_off != ETH_HLEN + 20 {
-        return TC_ACT_SHOT as i32;
-    }
-    let Some(macs) = ptr_at::<[u8; 12]>(ctx, 0).map(|m| unsafe { *m }) else { return TC_ACT_SHOT as i32 };
-    let payload = u32::from(p.ip_len).saturating_sub(20 + u32::from(p.tcp_doff) * 4);
-    let (seq, ack, flags) = if p.tcp_flags & TCP_FLAG_ACK != 0 {
-        (p.tcp_ack, 0, TCP_FLAG_RST)
-    } else {
-        let mut ack = p.tcp_seq.wrapping_add(payload);
-        if p.tcp_flags & TCP_FLAG_SYN != 0 {
-            ack = ack.wrapping_add(1);
-        }
-        if p.tcp_flags & TCP_FLAG_FIN != 0 {
-            ack = ack.wrapping_add(1);
-        }
-        (0, ack, TCP_FLAG_RST | TCP_FLAG_ACK)
-    };
-    let mut out = [0u8; 54];
-    out[0..6].copy_from_slice(&macs[6..12]);
-    out[6..12].copy_from_slice(&macs[0..6]);
-    out[12] = 0x08;
-    out[13] = 0x00;
-    let ip = [
-        0x45u8, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0,
-    ];
-    out[14..26].copy_from_slice(&ip);
-    out[26..30].copy_from_slice(&p.daddr.to_ne_bytes());
-    out[30..34].copy_from_slice(&p.saddr.to_ne_bytes());
-    out[34..36].copy_from_slice(&p.dport.to_ne_bytes());
-    out[36..38].copy_from_slice(&p.sport.to_ne_bytes());
-    out[38..42].copy_from_slice(&seq.to_be_bytes());
-    out[42..46].copy_from_slice(&ack.to_be_bytes());
-    out[46] = 5 << 4;
-    out[47] = flags;
-    // window, checksum, urgent pointer stay 0.
-    let ip_sum = fold(sum16(&out, 14, 20));
-    out[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    let pseudo = sum16(&out, 26, 8) + u32::from(PROTO_TCP) + 20;
-    let tcp_sum = fold(pseudo + sum16(&out, 34, 20));
-    out[50..52].copy_from_slice(&tcp_sum.to_be_bytes());
-    // SAFETY: plain helper call on our own skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, 54, 0) } != 0 {
-        return TC_ACT_SHOT as i32;
-    }
-    if ctx.store(0, &out, 0).is_err() {
-        return TC_ACT_SHOT as i32;
-    }
-    // SAFETY: the skb context is valid; ifindex is a plain read.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
-}
-
-#[inline(always)]
-fn sum16<const N: usize>(buf: &[u8; N], start: usize, len: usize) -> u32 {
-    let mut s = 0u32;
-    let mut i = 0;
-    while i < len {
-        let a = start + i;
-        if a + 1 < buf.len() {
-            s += u32::from(u16::from_be_bytes([buf[a], buf[a + 1]]));
-        }
-        i += 2;
-    }
-    s
-}
-
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
-}
-
-/// Whether `loadBalancerSourceRanges` of frontend `revnat_id` exclude `saddr`.
-#[inline(always)]
-pub(crate) fn source_denied(revnat_id: u32, saddr: u32) -> bool {
-    let src = Key::new(64, SourceRangeKey4 { revnat_id, addr: saddr });
-    SLC_SRCR4.get(&src).is_some_and(|v| *v == SOURCE_RANGE_DENY)
-}
-
-/// The forward entry of a tracked flow while it holds: not idle past its
-/// timeout, and its backend still the one the flow was translated to.
-#[inline(always)]
-pub(crate) fn live_forward(key: &CtKey4, cfg: &ExternalConfig, t: u64) -> Option<*mut CtEntry4> {
-    let e = SLC_CT4.get_ptr_mut(key)?;
-    // SAFETY: copied out of the map value.
-    let ent = unsafe { *e };
-    let be = unsafe { SLC_BE4.get(&ent.backend_id) }?;
-    let alive = t.wrapping_sub(ent.last_seen_ns) <= timeout_ns(cfg, key.proto);
-    (alive && be.addr == ent.nat_daddr && be.port == ent.nat_dport).then_some(e)
-}
-
-#[inline(always)]
-pub(crate) fn refresh(entry: *mut CtEntry4, t: u64) {
-    // SAFETY: entry points into a map value; a racy u64 store is harmless.
-    unsafe {
-        if t.wrapping_sub((*entry).last_seen_ns) > NSEC_PER_SEC {
-            (*entry).last_seen_ns = t;
-        }
-    }
-}
-
 #[inline(always)]
 fn ingress(ctx: &TcContext) -> i32 {
     let Some(p) = parse(ctx) else { return TC_ACT_OK as i32 };
@@ -543,8 +249,7 @@ fn ingress(ctx: &TcContext) -> i32 {
 
     // 3. A packet of a tracked flow keeps its backend while that backend exists.
     let fkey = CtKey4 { saddr: p.saddr, daddr: p.daddr, sport: p.sport, dport: p.dport, proto: p.proto, dir: CT_FORWARD, _pad: 0 };
-    let new_syn = p.proto == PROTO_TCP && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    if !new_syn {
+    if !p.is_new_syn() {
         if let Some(e) = live_forward(&fkey, &cfg, t) {
             let ent = unsafe { *e };
             refresh(e, t);
@@ -645,34 +350,4 @@ pub fn slc_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn slc_tc_egress(ctx: TcContext) -> i32 {
     egress(&ctx)
-}
-
-/// bind() of a host socket to a NodePort fails with EADDRINUSE, so no host
-/// process can shadow a NodePort and a closed NodePort stays closed (the
-/// stack's RST/ICMP for frontends without endpoints depends on it).
-#[cgroup_sock_addr(bind4)]
-pub fn slc_bind4(ctx: SockAddrContext) -> i32 {
-    const ALLOW: i32 = 1;
-    const EADDRINUSE: i32 = 98;
-    let cfg = config();
-    if cfg.enabled == 0 {
-        return ALLOW;
-    }
-    // SAFETY: the kernel hands every sock_addr program a valid context.
-    let sa = unsafe { &*ctx.sock_addr };
-    let proto = sa.protocol;
-    if proto != u32::from(PROTO_TCP) && proto != u32::from(PROTO_UDP) {
-        return ALLOW;
-    }
-    // SAFETY: sock_addr programs may ask for their netns cookie.
-    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.host_netns_cookie {
-        return ALLOW;
-    }
-    let key = NodePortBindKey { port: sa.user_port as u16, proto: proto as u8, _pad: 0 };
-    // SAFETY: presence check only.
-    if unsafe { SLC_NPBIND.get(&key) }.is_some() {
-        unsafe { bpf_set_retval(-EADDRINUSE) };
-        return 0;
-    }
-    ALLOW
 }

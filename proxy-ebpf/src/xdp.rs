@@ -17,9 +17,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
-    macros::{map, xdp},
-    maps::PerCpuArray,
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    macros::xdp,
     programs::XdpContext,
     EbpfContext as _,
 };
@@ -28,48 +27,12 @@ use proxy_common::{
     XDP_STAT_FORWARDED, XDP_STAT_PASSED,
 };
 
-use crate::sock_lb::SLC_SVC4;
-use crate::tc::{live_forward, refresh, source_denied, SLC_CT4, SLC_EXTCFG};
-
-/// Packets forwarded here and passed on to tc, per CPU (`XDP_STAT_*`).
-#[map]
-static SLC_XDPSTAT: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-/// Only option-less IPv4 headers: the transport header then sits at a
-/// constant offset the verifier can follow.
-const L4: usize = ETH_HLEN + 20;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
-const AF_INET: u8 = 2;
-
-#[inline(always)]
-fn at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    if ctx.data() + off + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((ctx.data() + off) as *mut T)
-}
-
-/// One's-complement update of a checksum for a 32-bit field changing from
-/// `old` to `new` (RFC 1624), on the words as they sit in memory.
-#[inline(always)]
-fn csum4(check: u16, old: u32, new: u32) -> u16 {
-    let mut s = u32::from(!check);
-    s += (!old >> 16) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
-}
-
-#[inline(always)]
-fn csum2(check: u16, old: u16, new: u16) -> u16 {
-    let mut s = u32::from(!check) + u32::from(!old) + u32::from(new);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
-}
+use crate::conntrack::{live_forward, now, refresh, source_denied};
+use crate::maps::{SLC_CT4, SLC_EXTCFG, SLC_SVC4, SLC_XDPSTAT};
+use crate::packet::{
+    csum_replace2, csum_replace4, l4_csum_off, ptr_at, read, AF_INET, ETH_HLEN, ETH_P_IP, L4_NO_OPTIONS as L4,
+    TCP_FLAG_ACK, TCP_FLAG_SYN,
+};
 
 #[inline(always)]
 fn count(i: u32) {
@@ -99,25 +62,25 @@ fn fast_path(ctx: &XdpContext) -> Option<u32> {
     if cfg.enabled == 0 {
         return None;
     }
-    // SAFETY (all raw reads/writes below): `at` checked the bounds.
-    if u16::from_be(unsafe { at::<u16>(ctx, 12)?.read_unaligned() }) != ETH_P_IP {
+    // SAFETY (all raw reads/writes below): `ptr_at` checked the bounds.
+    // Only option-less IPv4 headers: the transport header then sits at a
+    // constant offset the verifier can follow.
+    if u16::from_be(read::<u16, _>(ctx, 12)?) != ETH_P_IP {
         return None;
     }
-    let ip = at::<[u8; 20]>(ctx, ETH_HLEN)?;
+    let ip = ptr_at::<[u8; 20], _>(ctx, ETH_HLEN)?;
     let iph = unsafe { *ip };
     if iph[0] != 0x45 || u16::from_be_bytes([iph[6], iph[7]]) & 0x3fff != 0 {
         return None; // options, or a fragment
     }
     let proto = iph[9];
-    let csum_off = match proto {
-        PROTO_TCP => L4 + 16,
-        PROTO_UDP => L4 + 6,
-        _ => return None,
-    };
-    let ports = at::<[u16; 2]>(ctx, L4)?;
-    let check = at::<u16>(ctx, csum_off)?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let ports = ptr_at::<[u16; 2], _>(ctx, L4)?;
+    let check = ptr_at::<u16, _>(ctx, l4_csum_off(proto, L4))?;
     if proto == PROTO_TCP {
-        let flags = unsafe { *at::<u8>(ctx, L4 + 13)? };
+        let flags = read::<u8, _>(ctx, L4 + 13)?;
         if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
             return None; // a new flow: tc chooses its backend
         }
@@ -125,7 +88,7 @@ fn fast_path(ctx: &XdpContext) -> Option<u32> {
     let saddr = u32::from_ne_bytes([iph[12], iph[13], iph[14], iph[15]]);
     let daddr = u32::from_ne_bytes([iph[16], iph[17], iph[18], iph[19]]);
     let [sport, dport] = unsafe { *ports };
-    let t = unsafe { bpf_ktime_get_ns() };
+    let t = now();
 
     // The same order as tc: a reply of a SNATed flow, else a tracked flow of
     // an external frontend that tc would still accept.
@@ -171,18 +134,18 @@ fn fast_path(ctx: &XdpContext) -> Option<u32> {
     let mut l4 = unsafe { check.read_unaligned() };
     let l4_on = proto == PROTO_TCP || l4 != 0;
     if ent.nat_saddr != saddr {
-        ip_check = csum4(ip_check, saddr, ent.nat_saddr);
-        l4 = csum4(l4, saddr, ent.nat_saddr);
+        ip_check = csum_replace4(ip_check, saddr, ent.nat_saddr);
+        l4 = csum_replace4(l4, saddr, ent.nat_saddr);
     }
     if ent.nat_daddr != daddr {
-        ip_check = csum4(ip_check, daddr, ent.nat_daddr);
-        l4 = csum4(l4, daddr, ent.nat_daddr);
+        ip_check = csum_replace4(ip_check, daddr, ent.nat_daddr);
+        l4 = csum_replace4(l4, daddr, ent.nat_daddr);
     }
     if ent.nat_sport != sport {
-        l4 = csum2(l4, sport, ent.nat_sport);
+        l4 = csum_replace2(l4, sport, ent.nat_sport);
     }
     if ent.nat_dport != dport {
-        l4 = csum2(l4, dport, ent.nat_dport);
+        l4 = csum_replace2(l4, dport, ent.nat_dport);
     }
     if proto == PROTO_UDP && l4 == 0 {
         l4 = 0xffff;
@@ -196,7 +159,7 @@ fn fast_path(ctx: &XdpContext) -> Option<u32> {
         if l4_on {
             check.write_unaligned(l4);
         }
-        let mac = at::<[u8; 12]>(ctx, 0)?;
+        let mac = ptr_at::<[u8; 12], _>(ctx, 0)?;
         let (d, s) = (fib.dmac, fib.smac);
         *mac = [d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5]];
     }

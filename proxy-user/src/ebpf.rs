@@ -32,6 +32,12 @@ use crate::{
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-proxy-ebpf"));
 
+/// The embedded eBPF object, for tests that load its programs themselves
+/// (the `BPF_PROG_TEST_RUN` tests in `tests/tests/bpf_test_run.rs`).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("preparing bpffs at {path}: {source}")]

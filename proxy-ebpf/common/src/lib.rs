@@ -313,6 +313,32 @@ pub struct NodePortBindKey {
     pub _pad: u8,
 }
 
+// The ABI, pinned at compile time on both sides (the programs build this
+// crate without `user`, the agent with it): a field added, removed or
+// resized fails the build instead of shifting what the other side reads.
+// Sizes are the sums of the fields, so there is no implicit padding.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<ServiceKey4>() == 12 && align_of::<ServiceKey4>() == 4);
+    assert!(size_of::<ServiceKey6>() == 24 && align_of::<ServiceKey6>() == 2);
+    assert!(size_of::<ServiceValue>() == 24 && align_of::<ServiceValue>() == 4);
+    assert!(size_of::<Backend4>() == 8 && align_of::<Backend4>() == 4);
+    assert!(size_of::<Backend6>() == 20 && align_of::<Backend6>() == 2);
+    assert!(size_of::<RevNat4>() == 8 && align_of::<RevNat4>() == 4);
+    assert!(size_of::<RevNat6>() == 20 && align_of::<RevNat6>() == 2);
+    assert!(size_of::<SockRevNatKey4>() == 16 && align_of::<SockRevNatKey4>() == 8);
+    assert!(size_of::<SockRevNatKey6>() == 32 && align_of::<SockRevNatKey6>() == 8);
+    assert!(size_of::<SockRevNat>() == 8 && align_of::<SockRevNat>() == 4);
+    assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityValue>() == 16 && align_of::<AffinityValue>() == 8);
+    assert!(size_of::<ExternalConfig>() == 32 && align_of::<ExternalConfig>() == 8);
+    assert!(size_of::<CtKey4>() == 16 && align_of::<CtKey4>() == 4);
+    assert!(size_of::<CtEntry4>() == 32 && align_of::<CtEntry4>() == 8);
+    assert!(size_of::<MaglevKey>() == 8 && align_of::<MaglevKey>() == 4);
+    assert!(size_of::<SourceRangeKey4>() == 8 && align_of::<SourceRangeKey4>() == 4);
+    assert!(size_of::<NodePortBindKey>() == 4 && align_of::<NodePortBindKey>() == 2);
+};
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
