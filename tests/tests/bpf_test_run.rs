@@ -415,8 +415,8 @@ fn tc_ingress_dnats_a_nodeport_syn_to_a_local_backend_and_egress_translates_the_
     assert_eq!(verdict, TC_ACT_OK, "a SYN to a NodePort with a local backend goes up the node's stack");
     let got = seen(&out);
     let want = Seen {
-        dmac: ROUTER_MAC,
-        smac: EXT_MAC,
+        dmac: EXT_MAC,
+        smac: ROUTER_MAC,
         src: CLIENT,
         dst: LOCAL_POD,
         ttl: 64,
