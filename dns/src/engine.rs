@@ -4,7 +4,7 @@
 //! is what [`Local::Pending`] hands to the caller.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
@@ -12,23 +12,22 @@ use std::{
 use arc_swap::ArcSwap;
 use hickory_proto::{
     op::{Edns, MessageType, Metadata, OpCode, ResponseCode},
-    rr::{LowerName, Name, RecordType},
-    serialize::binary::BinEncoder,
+    rr::{rdata::HINFO, LowerName, Name, RData, Record, RecordType},
 };
-use hickory_server::{
-    net::xfer::Protocol,
-    server::Request,
-    zone_handler::MessageResponseBuilder,
-};
+use hickory_server::{net::xfer::Protocol, server::Request};
 
 use crate::{
-    forward::Forwarder,
+    acl::{Acl, AllowRecursion},
+    forward::{Forwarded, Forwarder},
     metrics::Metrics,
     model::{Answer, ClusterModel, Config, Lookup},
+    wire,
 };
 
 /// Largest UDP response sent, whatever the client advertises (DNS flag day 2020).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
+/// The smallest resource record on the wire (compressed owner, no data).
+const MIN_RECORD_LEN: usize = 12;
 
 /// What the synchronous part of the query path decided.
 pub enum Local {
@@ -55,13 +54,23 @@ pub struct Engine {
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
     edns: Edns,
+    recursion: Vec<AllowRecursion>,
+    acl: ArcSwap<Acl>,
 }
 
 impl Engine {
+    /// An engine forwarding for the clients `--allow-recursion`'s default
+    /// allows (`cluster`); see [`Self::with_recursion`].
     pub fn new(cfg: Config, forwarder: Forwarder, metrics: Arc<Metrics>) -> Self {
+        Self::with_recursion(cfg, forwarder, metrics, vec![AllowRecursion::Cluster])
+    }
+
+    /// An engine forwarding only for the clients `recursion` allows.
+    pub fn with_recursion(cfg: Config, forwarder: Forwarder, metrics: Arc<Metrics>, recursion: Vec<AllowRecursion>) -> Self {
         let mut edns = Edns::new();
         edns.set_max_payload(MAX_UDP_PAYLOAD);
-        Self { model: ArcSwap::from_pointee(ClusterModel::unsynced(&cfg)), cfg, forwarder, metrics, edns }
+        let acl = ArcSwap::from_pointee(Acl::new(&recursion, &sluice_k8s::Snapshot::default()));
+        Self { model: ArcSwap::from_pointee(ClusterModel::unsynced(&cfg)), cfg, forwarder, metrics, edns, recursion, acl }
     }
 
     pub fn config(&self) -> &Config {
@@ -82,6 +91,16 @@ impl Engine {
         self.metrics.synced.store(model.is_synced(), Ordering::Relaxed);
         self.metrics.model_updates.fetch_add(1, Ordering::Relaxed);
         self.model.store(Arc::new(model));
+    }
+
+    /// Recomputes who may use forwarding from the Nodes of `snapshot`.
+    pub fn set_nodes(&self, snapshot: &sluice_k8s::Snapshot) {
+        self.acl.store(Arc::new(Acl::new(&self.recursion, snapshot)));
+    }
+
+    /// Whether `client` may have names outside the cluster resolved.
+    pub fn may_recurse(&self, client: IpAddr) -> bool {
+        self.acl.load().allows(client)
     }
 
     pub fn is_synced(&self) -> bool {
@@ -118,22 +137,55 @@ impl Engine {
                 self.observe(&request, &ans, started);
                 Local::Reply
             }
+            Step::Relay(f) => {
+                self.relay(&request, &f, out);
+                self.observe_rcode(&request, ResponseCode::from_low(out.get(3).map_or(2, |b| b & 0x0f)), started);
+                Local::Reply
+            }
             Step::Forward(partial) => Local::Pending(Box::new(Pending { request, partial, started })),
         }
     }
 
     /// Finishes a pending query: resolves it upstream and writes the reply to `out`.
     pub async fn complete(&self, pending: Pending, out: &mut Vec<u8>) {
-        let ans = self.resolve_pending(&pending.request, pending.partial).await;
         out.clear();
+        let request = &pending.request;
+        if pending.partial.is_none() {
+            let q = &request.queries.queries()[0];
+            match self.forwarder.resolve(q.original().name(), q.query_type(), q.query_class()).await {
+                Ok(f) => {
+                    self.relay(request, &f, out);
+                    self.observe_rcode(request, ResponseCode::from_low(out.get(3).map_or(2, |b| b & 0x0f)), pending.started);
+                }
+                Err(rcode) => {
+                    let ans = Answer::error(rcode);
+                    self.encode(request, &ans, out);
+                    self.observe(request, &ans, pending.started);
+                }
+            }
+            return;
+        }
+        let ans = self.resolve_pending(request, pending.partial).await;
+        self.encode(request, &ans, out);
+        self.observe(request, &ans, pending.started);
+    }
+
+    /// Answers a pending query SERVFAIL without forwarding it (too many in flight).
+    pub fn reject(&self, pending: Pending, out: &mut Vec<u8>) {
+        let ans = Answer::error(ResponseCode::ServFail);
         self.encode(&pending.request, &ans, out);
         self.observe(&pending.request, &ans, pending.started);
     }
 
-    /// The whole answer for a parsed request, forwarding if needed (the TCP path).
+    /// The whole answer for a parsed request, forwarding if needed, decoded
+    /// into sections (the `--udp-engine hickory` path).
     pub async fn answer(&self, request: &Request) -> Answer {
         match self.answer_local(request) {
             Step::Done(ans) => ans,
+            Step::Relay(f) => {
+                let q = &request.queries.queries()[0];
+                f.to_answer(q.name(), q.original().name())
+            }
             Step::Forward(partial) => self.resolve_pending(request, partial).await,
         }
     }
@@ -141,10 +193,10 @@ impl Engine {
     async fn resolve_pending(&self, request: &Request, partial: Option<Answer>) -> Answer {
         let q = &request.queries.queries()[0];
         match partial {
-            None => self.forwarder.resolve(q.original().name(), q.query_type(), q.query_class()).await,
+            None => self.forwarder.resolve_answer(q.original().name(), q.query_type(), q.query_class()).await,
             Some(mut ans) => {
                 if let Some(target) = ans.external_target.take() {
-                    let upstream = self.forwarder.resolve(&target, q.query_type(), q.query_class()).await;
+                    let upstream = self.forwarder.resolve_answer(&target, q.query_type(), q.query_class()).await;
                     merge_external(&mut ans, upstream);
                 }
                 ans
@@ -153,8 +205,20 @@ impl Engine {
     }
 
     fn observe(&self, request: &Request, ans: &Answer, started: Instant) {
+        self.observe_rcode(request, ans.rcode, started);
+    }
+
+    fn observe_rcode(&self, request: &Request, rcode: ResponseCode, started: Instant) {
         let qtype = request.queries.queries().first().map_or(RecordType::Unknown(0), |q| q.query_type());
-        self.metrics.observe(qtype, ans.rcode, started.elapsed());
+        self.metrics.observe(qtype, rcode, started.elapsed());
+    }
+
+    /// The largest response `request` may get.
+    fn limit(request: &Request) -> usize {
+        match request.protocol() {
+            Protocol::Udp => usize::from(request.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
+            _ => usize::from(u16::MAX),
+        }
     }
 
     /// Everything that needs no network.
@@ -181,12 +245,18 @@ impl Engine {
             return Step::Done(Answer::error(ResponseCode::ServFail));
         }
         let model = self.model.load();
-        match model.lookup(qname, q.original().name(), qtype, qclass) {
-            Lookup::Authoritative(ans) => match &ans.external_target {
+        let max_records = Self::limit(request) / MIN_RECORD_LEN + 1;
+        match model.lookup_limited(qname, q.original().name(), qtype, qclass, max_records) {
+            Lookup::Authoritative(mut ans) => match &ans.external_target {
                 None => Step::Done(ans),
-                Some(target) => match self.forwarder.cached(&LowerName::new(target), target, qtype, qclass) {
+                Some(_) if !self.may_recurse(request.src().ip()) => {
+                    // The CNAME alone, as an authoritative-only server answers.
+                    ans.external_target = None;
+                    Step::Done(ans)
+                }
+                Some(target) => match self.forwarder.cached(&LowerName::new(target), qtype, qclass) {
                     Some(upstream) => {
-                        let mut ans = ans;
+                        let upstream = upstream.to_answer(&LowerName::new(target), target);
                         ans.external_target = None;
                         merge_external(&mut ans, upstream);
                         Step::Done(ans)
@@ -195,8 +265,13 @@ impl Engine {
                 },
             },
             Lookup::NotSynced => Step::Done(Answer::error(ResponseCode::ServFail)),
-            Lookup::NotInZone => match self.forwarder.cached(qname, q.original().name(), qtype, qclass) {
-                Some(ans) => Step::Done(ans),
+            Lookup::NotInZone if !self.may_recurse(request.src().ip()) => {
+                self.metrics.recursion_refused.fetch_add(1, Ordering::Relaxed);
+                Step::Done(Answer::error(ResponseCode::Refused))
+            }
+            Lookup::NotInZone if qtype == RecordType::ANY => Step::Done(rfc8482_hinfo(q.original().name())),
+            Lookup::NotInZone => match self.forwarder.cached(qname, qtype, qclass) {
+                Some(f) => Step::Relay(f),
                 None => Step::Forward(None),
             },
         }
@@ -207,29 +282,38 @@ impl Engine {
     pub fn encode(&self, request: &Request, ans: &Answer, out: &mut Vec<u8>) {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = ans.authoritative;
-        metadata.recursion_available = true;
+        metadata.recursion_available = self.may_recurse(request.src().ip());
         metadata.response_code = ans.rcode;
         let edns = request.edns.as_ref().map(|_| &self.edns);
-        let max = match request.protocol() {
-            Protocol::Udp => request.max_payload().clamp(512, MAX_UDP_PAYLOAD),
-            _ => u16::MAX,
-        };
-        let response = MessageResponseBuilder::new(&request.queries, edns).build(
-            metadata,
-            ans.answers.iter(),
-            ans.authorities.iter(),
-            std::iter::empty(),
-            ans.additionals.iter(),
-        );
-        let mut encoder = BinEncoder::new(out);
-        encoder.set_max_size(max);
-        if response.destructive_emit(&mut encoder).is_err() {
+        let sections = wire::Sections { answers: &ans.answers, authorities: &ans.authorities, additionals: &ans.additionals };
+        if wire::encode_response(&metadata, &request.queries, &sections, edns, Self::limit(request), out).is_err() {
             out.clear();
             let mut header = request.as_slice()[..12].to_vec();
             header[2] = 0x80 | (header[2] & 0x79);
             header[3] = 0x80 | ResponseCode::ServFail.low();
             header[4..12].fill(0);
             out.extend_from_slice(&header);
+        }
+    }
+
+    /// Writes an upstream response as the response to `request`, as bytes
+    /// when it can be relayed so, else decoded and encoded.
+    fn relay(&self, request: &Request, f: &Forwarded, out: &mut Vec<u8>) {
+        let raw = request.as_slice();
+        let relayed = wire::question_end(raw).and_then(|question_end| {
+            let walk = wire::walk(&f.bytes)?;
+            let client = wire::Client {
+                query: raw,
+                question_end,
+                edns: request.edns.as_ref().map(|_| &self.edns),
+                limit: Self::limit(request),
+            };
+            wire::relay(&f.bytes, &walk, &client, f.aging, out)
+        });
+        if relayed.is_err() {
+            let q = &request.queries.queries()[0];
+            let ans = f.to_answer(q.name(), q.original().name());
+            self.encode(request, &ans, out);
         }
     }
 
@@ -242,8 +326,19 @@ impl Engine {
 /// Result of [`Engine::answer_local`].
 pub enum Step {
     Done(Answer),
+    /// An upstream's response from the cache, relayed as bytes.
+    Relay(Forwarded),
     /// Needs the upstreams; carries the known part of the answer, if any.
     Forward(Option<Answer>),
+}
+
+/// The minimal answer to ANY for a name outside the zone (RFC 8482 4.2): a
+/// synthesised HINFO, never forwarded.
+fn rfc8482_hinfo(owner: &Name) -> Answer {
+    Answer {
+        answers: vec![Record::from_rdata(owner.clone(), 3600, RData::HINFO(HINFO::new("RFC8482".into(), String::new())))],
+        ..Answer::default()
+    }
 }
 
 /// Appends the upstream resolution of an ExternalName target to its CNAME.

@@ -372,6 +372,23 @@ impl ClusterModel {
         }
         memo.services = memo_next;
 
+        // Every name between an owner and the apex exists (an empty
+        // non-terminal): NODATA, never NXDOMAIN (RFC 8020: a resolver may
+        // drop the whole subtree below an NXDOMAIN).
+        let zone_lower = LowerName::new(&zone);
+        let zone_labels = zone.num_labels();
+        let mut missing: Vec<LowerName> = Vec::new();
+        for name in names.keys().filter(|n| n.num_labels() > zone_labels + 1 && zone_lower.zone_of(n)) {
+            let mut parent = name.base_name();
+            while parent.num_labels() > zone_labels && !names.contains_key(&parent) {
+                missing.push(parent.clone());
+                parent = parent.base_name();
+            }
+        }
+        for n in missing {
+            names.entry(n).or_default();
+        }
+
         Self {
             zone: LowerName::new(&zone),
             zone_labels: zone.num_labels(),
@@ -413,6 +430,14 @@ impl ClusterModel {
     /// Answers `qtype` at `qname`; `original` is the name as the client spelt
     /// it, used as the owner of records owned by the question name.
     pub fn lookup(&self, qname: &LowerName, original: &Name, qtype: RecordType, qclass: DNSClass) -> Lookup {
+        self.lookup_limited(qname, original, qtype, qclass, usize::MAX)
+    }
+
+    /// [`Self::lookup`] copying at most `max_records` records into each
+    /// section: a caller that can send only so many bytes passes what surely
+    /// overflows them (its limit / 12, the smallest record's size), so a name
+    /// with 10,000 addresses costs a UDP query a hundred copies, not 10,000.
+    pub fn lookup_limited(&self, qname: &LowerName, original: &Name, qtype: RecordType, qclass: DNSClass, max_records: usize) -> Lookup {
         let in_zone = self.in_zone(qname);
         if !in_zone {
             // Reverse names of cluster addresses are ours; other reverse names fall through.
@@ -471,10 +496,14 @@ impl ClusterModel {
                     owner = target_lower;
                 }
                 _ => {
+                    // ANY gets one RRset, the first the name owns (RFC 8482).
+                    let wanted = if qtype == RecordType::ANY { records.first().map(Record::record_type) } else { Some(qtype) };
+                    let room = max_records.saturating_sub(ans.answers.len());
                     ans.answers.extend(
                         records
                             .iter()
-                            .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
+                            .filter(|r| Some(r.record_type()) == wanted)
+                            .take(room)
                             .map(|r| with_owner(r, &owner_name)),
                     );
                     break;
@@ -484,7 +513,7 @@ impl ClusterModel {
         if ans.answers.is_empty() {
             ans.authorities.push(self.soa.clone());
         } else if qtype == RecordType::SRV || qtype == RecordType::ANY {
-            self.add_srv_targets(&mut ans);
+            self.add_srv_targets(&mut ans, max_records);
         }
         Lookup::Authoritative(ans)
     }
@@ -508,9 +537,12 @@ impl ClusterModel {
     }
 
     /// Puts the addresses of SRV targets in the additional section.
-    fn add_srv_targets(&self, ans: &mut Answer) {
+    fn add_srv_targets(&self, ans: &mut Answer, max_records: usize) {
         let mut done: HashSet<LowerName> = HashSet::new();
         for r in &ans.answers {
+            if ans.additionals.len() >= max_records {
+                break;
+            }
             let RData::SRV(srv) = &r.data else { continue };
             let target = LowerName::new(&srv.target);
             if !done.insert(target.clone()) {
