@@ -388,10 +388,16 @@ mod tests {
     }
 
     fn reply(engine: &Engine, packet: Vec<u8>, protocol: Protocol) -> Option<(Message, usize)> {
-        let src: SocketAddr = ([127, 0, 0, 1], 5353).into();
+        reply_from(engine, packet, protocol, ([127, 0, 0, 1], 5353).into())
+    }
+
+    fn reply_from(engine: &Engine, packet: Vec<u8>, protocol: Protocol, src: SocketAddr) -> Option<(Message, usize)> {
         let mut out = Vec::new();
         match engine.handle_packet(packet, src, protocol, &mut out) {
-            Local::Reply => Some((Message::from_vec(&out).expect("reply decodes"), out.len())),
+            Local::Reply => {
+                crate::wire::walk(&out).unwrap_or_else(|e| panic!("reply is not a well-formed message ({e}): {out:?}"));
+                Some((Message::from_vec(&out).expect("reply decodes"), out.len()))
+            }
             Local::Drop => None,
             Local::Pending(_) => panic!("a cluster name should not need the network"),
         }
@@ -433,6 +439,98 @@ mod tests {
         let (m, _) = reply(&e, query("many.prod.svc.cluster.local.", RecordType::A, Some(512)), Protocol::Udp).unwrap();
         assert!(m.metadata.truncation, "a small EDNS buffer is honoured");
         assert!(m.edns.is_some_and(|e| e.max_payload() == MAX_UDP_PAYLOAD), "our OPT advertises 1232");
+    }
+
+    fn many_with_port(n: usize) -> String {
+        many(n).replace("addressType: IPv4\n", "addressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\n")
+    }
+
+    #[test]
+    fn truncated_answers_are_well_formed_messages_without_trailing_bytes() {
+        let e = testing::engine_with(&many_with_port(200));
+        for (name, qtype) in [
+            ("many.prod.svc.cluster.local.", RecordType::SRV),
+            ("_http._tcp.many.prod.svc.cluster.local.", RecordType::SRV),
+            ("many.prod.svc.cluster.local.", RecordType::A),
+        ] {
+            for edns in [None, Some(512), Some(1232), Some(4096)] {
+                // reply() walks the bytes: counts match the records, nothing trails.
+                let (m, len) = reply(&e, query(name, qtype, edns), Protocol::Udp).unwrap();
+                let limit = edns.map_or(512, |s| usize::from(s.min(MAX_UDP_PAYLOAD)));
+                assert!(len <= limit, "{name} {qtype} edns {edns:?}: {len} bytes over {limit}");
+                assert!(m.metadata.truncation, "{name} {qtype} edns {edns:?}: TC");
+                assert!(!m.answers.is_empty(), "the records that fit are kept");
+                assert!(m.additionals.is_empty(), "nothing after a cut answer section");
+                assert_eq!(m.edns.is_some(), edns.is_some(), "an EDNS query gets our OPT even when the answer is cut");
+            }
+        }
+    }
+
+    #[test]
+    fn additional_data_that_does_not_fit_is_left_out_without_tc() {
+        // 15 SRV records (58 bytes each: SRV targets are never compressed) fit
+        // in 1232 bytes; their 15 target addresses do not all fit too.
+        let e = testing::engine_with(&many_with_port(15));
+        let (m, len) = reply(&e, query("_http._tcp.many.prod.svc.cluster.local.", RecordType::SRV, Some(1232)), Protocol::Udp).unwrap();
+        assert_eq!(m.answers.len(), 15, "every SRV record");
+        assert!(m.additionals.len() < 15, "not every address fits, saw {}", m.additionals.len());
+        assert!(!m.metadata.truncation, "RFC 2181 9: missing additional data is no reason for TC ({len} bytes, {} additionals)", m.additionals.len());
+        assert!(m.edns.is_some());
+    }
+
+    #[test]
+    fn dig_style_check_of_a_truncated_answer_with_the_message_parser() {
+        // The exact bytes a client gets must decode to exactly the header's counts.
+        let e = testing::engine_with(&many_with_port(100));
+        let mut out = Vec::new();
+        let src: SocketAddr = ([127, 0, 0, 1], 5353).into();
+        let Local::Reply = e.handle_packet(query("many.prod.svc.cluster.local.", RecordType::SRV, None), src, Protocol::Udp, &mut out) else {
+            panic!("reply expected")
+        };
+        let m = Message::from_vec(&out).unwrap();
+        let re = m.to_vec().unwrap();
+        assert!(re.len() <= out.len(), "re-encoding the decoded reply gives no more bytes than were sent: {} vs {}", re.len(), out.len());
+    }
+
+    fn engine_for(recursion: Vec<crate::acl::AllowRecursion>) -> Engine {
+        let cfg = crate::model::Config::new("cluster.local").unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let fwd = crate::forward::ForwardConfig { upstreams: vec!["127.0.0.1:9".parse().unwrap()], ..Default::default() };
+        let e = Engine::with_recursion(cfg.clone(), crate::forward::Forwarder::new(fwd, metrics.clone()), metrics, recursion);
+        let mut b = sluice_k8s::SnapshotBuilder::new();
+        b.synced(true);
+        e.set_model(crate::model::ClusterModel::build(&b.build(), &cfg, &mut crate::model::Memo::default()));
+        e
+    }
+
+    #[test]
+    fn forwarding_is_refused_outside_the_allowed_networks() {
+        let e = engine_for(vec![crate::acl::AllowRecursion::Cluster]);
+        let outside: SocketAddr = ([203, 0, 113, 5], 5353).into();
+        let (m, _) = reply_from(&e, query("www.example.org.", RecordType::A, None), Protocol::Udp, outside).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "an outside client gets no forwarding");
+        assert!(!m.metadata.recursion_available, "and no RA");
+        let (m, _) = reply_from(&e, query("www.example.org.", RecordType::ANY, None), Protocol::Udp, outside).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "ANY too");
+        let (m, _) = reply_from(&e, query("cluster.local.", RecordType::SOA, None), Protocol::Udp, outside).unwrap();
+        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 1), "cluster names are answered to everyone");
+        let src: SocketAddr = ([127, 0, 0, 1], 5353).into();
+        let mut out = Vec::new();
+        assert!(
+            matches!(e.handle_packet(query("www.example.org.", RecordType::A, None), src, Protocol::Udp, &mut out), Local::Pending(_)),
+            "loopback is forwarded"
+        );
+        assert_eq!(e.metrics().recursion_refused.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn rfc8482_any_outside_the_zone_gets_a_synthesised_hinfo_not_forwarded() {
+        let e = engine_for(vec![crate::acl::AllowRecursion::Any]);
+        let (m, _) = reply(&e, query("Example.org.", RecordType::ANY, None), Protocol::Udp).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.answers[0].record_type(), RecordType::HINFO);
+        assert!(m.answers[0].name.eq_case(&Name::from_ascii("Example.org.").unwrap()));
     }
 
     #[test]

@@ -290,6 +290,14 @@ fn service_records(
         let weight = srv_weight(per_owner[owner]);
         out.records.push(rec(owner, ttl, RData::SRV(SRV::new(0, weight, *port, target.clone()))));
     }
+    // One endpoint address under two hostnames, one port number for TCP and
+    // UDP: the same record twice. Keep the first (the model relies on it).
+    let keep: Vec<bool> = {
+        let mut seen: HashSet<(&Name, &RData)> = HashSet::with_capacity(out.records.len());
+        out.records.iter().map(|r| seen.insert((&r.name, &r.data))).collect()
+    };
+    let mut keep = keep.into_iter();
+    out.records.retain(|_| keep.next().unwrap_or(true));
     out
 }
 
@@ -366,7 +374,15 @@ impl ClusterModel {
                 ent(&mut names, n);
             }
             for r in &records.records {
-                add(&mut names, r.clone());
+                if r.record_type() == RecordType::PTR {
+                    // Reverse names are the only owners two Services can share.
+                    add(&mut names, r.clone());
+                } else {
+                    // Owned by this Service alone and unique within it
+                    // (service_records deduplicates endpoints): no linear
+                    // search, which made a 10,000-endpoint Service quadratic.
+                    names.entry(LowerName::new(&r.name)).or_default().records.push(r.clone());
+                }
             }
             memo_next.insert(key.clone(), MemoEntry { service: svc_ptr, slices: slice_ptrs, records });
         }

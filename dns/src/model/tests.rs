@@ -565,3 +565,21 @@ fn dashed_and_undashed_addresses_round_trip() {
     assert_eq!(undash("1-2-3"), None);
     assert_eq!(undash("web-0"), None);
 }
+
+#[test]
+fn the_same_record_from_two_endpoints_or_ports_is_answered_once() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: dup, namespace: default}\n\
+        spec: {clusterIP: None, ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]}\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+        metadata: {name: dup-a, namespace: default, labels: {kubernetes.io/service-name: dup}}\naddressType: IPv4\n\
+        ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]\n\
+        endpoints:\n- {addresses: [198.18.0.30], hostname: a}\n- {addresses: [198.18.0.30], hostname: b}\n";
+    let m = model_with(yaml, PodsMode::Insecure);
+    let a = authoritative(&m, "dup.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(rdata(&a.answers), vec!["A 198.18.0.30"], "one address under two hostnames: one A record");
+    let srv = authoritative(&m, "dup.default.svc.cluster.local.", RecordType::SRV);
+    let mut got = rdata(&srv.answers);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), srv.answers.len(), "no SRV record twice: {:?}", rdata(&srv.answers));
+}
