@@ -437,6 +437,20 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_seeds_of_upstream_responses_do_not_panic() {
+        let base = upstream(40, true);
+        crate::testing::fuzz_upstream(&base);
+        for i in 0..base.len().min(200) {
+            crate::testing::fuzz_upstream(&base[..i]);
+            for v in [0u8, 0x3f, 0xc0, 0xff] {
+                let mut b = base.clone();
+                b[i] = v;
+                crate::testing::fuzz_upstream(&b);
+            }
+        }
+    }
+
+    #[test]
     fn walk_rejects_lies() {
         let mut up = upstream(2, false);
         up[7] = 9; // ancount 9
