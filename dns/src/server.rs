@@ -205,7 +205,28 @@ pub async fn follow_snapshots(engine: Arc<Engine>, mut rx: watch::Receiver<Arc<S
         let snap = rx.borrow_and_update().clone();
         let started = std::time::Instant::now();
         engine.set_nodes(&snap);
-        let model = ClusterModel::build(&snap, engine.config(), &mut memo);
+        // Built off the runtime's workers: queries keep being answered from
+        // the current model (even with --threads 1) until the new one is swapped in.
+        let cfg = engine.config().clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let model = ClusterModel::build(&snap, &cfg, &mut memo);
+            (model, memo)
+        })
+        .await;
+        let model = match built {
+            Ok((model, m)) => {
+                memo = m;
+                model
+            }
+            Err(e) => {
+                warn!(error = %e, "building the record model failed; keeping the last model");
+                memo = Memo::default();
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let names = model.len();
         let synced = model.is_synced();
         engine.set_model(model);
