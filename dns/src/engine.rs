@@ -446,6 +446,19 @@ mod tests {
     }
 
     #[test]
+    fn the_first_owner_is_compressed_to_the_question() {
+        let e = testing::engine_with_cluster();
+        let q = query("Svc-1.bench.svc.cluster.local.", RecordType::A, None);
+        let (_, len) = reply(&e, q.clone(), Protocol::Udp).unwrap();
+        // Header, the question (31-byte name, type, class), one A record with a 2-byte owner pointer.
+        assert_eq!(len, 12 + 35 + 16, "the smallest encoding of a one-address answer");
+        let mut out = Vec::new();
+        let src: SocketAddr = ([127, 0, 0, 1], 5353).into();
+        let _ = e.handle_packet(q, src, Protocol::Udp, &mut out);
+        assert_eq!(out[47..49], [0xc0, 0x0c], "the owner points at the question");
+    }
+
+    #[test]
     fn truncated_answers_are_well_formed_messages_without_trailing_bytes() {
         let e = testing::engine_with(&many_with_port(200));
         for (name, qtype) in [
