@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use tracing::{error, info, warn};
 
 use crate::{
+    acl::AllowRecursion,
     engine::Engine,
     forward::{self, ForwardConfig, Forwarder},
     metrics::Metrics,
@@ -56,6 +57,21 @@ pub struct Args {
     /// Entries of the forwarding cache (0 disables it).
     #[arg(long, default_value_t = 10_000)]
     pub cache_size: usize,
+    /// Bytes the forwarding cache may hold, responses and keys counted (0 disables it).
+    #[arg(long, default_value_t = forward::DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: usize,
+    /// Forwarded questions waiting for an upstream at once; more are answered SERVFAIL at once.
+    #[arg(long, default_value_t = forward::DEFAULT_MAX_INFLIGHT)]
+    pub max_inflight_forwards: usize,
+    /// TCP connections open at once; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_tcp_connections: usize,
+    /// Clients that may have names outside the zone forwarded (repeatable):
+    /// `cluster` (loopback, every Node's spec.podCIDRs and InternalIP/ExternalIP
+    /// addresses, following Node changes), a CIDR, or `any`. Others get REFUSED;
+    /// cluster names are answered to everyone.
+    #[arg(long, value_name = "cluster|any|CIDR", default_value = "cluster")]
+    pub allow_recursion: Vec<AllowRecursion>,
     /// Longest time a forwarded answer is cached, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub cache_max_ttl: u32,
@@ -113,10 +129,16 @@ async fn run_async(args: Args, cpus: usize) -> anyhow::Result<()> {
         Some(dir) => sluice_k8s::manifests::watch_dir(dir)
             .with_context(|| format!("reading manifests from {}", dir.display()))?,
         None => {
+            let nodes = if args.allow_recursion.contains(&AllowRecursion::Cluster) {
+                // `--allow-recursion cluster` reads the pod CIDRs and addresses of the Nodes.
+                sluice_k8s::kube_source::NodeSelection::All
+            } else {
+                sluice_k8s::kube_source::NodeSelection::None
+            };
             let kinds = sluice_k8s::kube_source::Kinds {
                 services: true,
                 slices: true,
-                nodes: sluice_k8s::kube_source::NodeSelection::None,
+                nodes,
                 namespaces: true,
             };
             sluice_k8s::kube_source::watch_cluster(args.kubeconfig.clone(), kinds)
@@ -134,20 +156,23 @@ async fn run_async(args: Args, cpus: usize) -> anyhow::Result<()> {
             upstreams,
             timeout: Duration::from_millis(args.upstream_timeout_ms),
             cache_size: args.cache_size,
+            cache_bytes: args.cache_bytes,
+            max_inflight: args.max_inflight_forwards,
             max_ttl: args.cache_max_ttl,
             max_negative_ttl: args.cache_max_negative_ttl,
         },
         metrics.clone(),
     );
-    let engine = Arc::new(Engine::new(cfg, forwarder, metrics));
-    info!(zone = %engine.zone(), upstreams = ?engine.forwarder().upstreams(), "sluice-dns starting");
+    let engine = Arc::new(Engine::with_recursion(cfg, forwarder, metrics, args.allow_recursion.clone()));
+    info!(zone = %engine.zone(), upstreams = ?engine.forwarder().upstreams(), allow_recursion = ?args.allow_recursion, "sluice-dns starting");
     let opts = ServeOptions {
         listen: args.listen.clone(),
         udp_sockets: args.udp_sockets.unwrap_or(cpus),
         udp_engine: args.udp_engine,
         tcp_idle_timeout: Duration::from_secs(10),
         metrics_addr: args.metrics_addr,
-        max_pending: 4096,
+        max_pending: args.max_inflight_forwards,
+        max_tcp_connections: args.max_tcp_connections,
     };
     server::serve(engine, snapshots, opts, shutdown_signal()).await?;
     Ok(())

@@ -5,12 +5,15 @@
 //! - [`model`]: the pure record model (cluster snapshot -> answers).
 //! - [`engine`]: the query path (packet -> response), shared by every socket.
 //! - [`forward`]: upstream forwarding, the response cache, loop detection.
+//! - [`wire`]: responses cut to the client's size; upstream answers relayed as bytes.
+//! - [`acl`]: which clients may use forwarding (`--allow-recursion`).
 //! - [`server`]: SO_REUSEPORT UDP sockets, TCP through `hickory_server::Server`.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 //! - [`cli`]: the command line of the `sluice-dns` binary.
 //! - [`bench`]: dnsperf query files and command lines.
 //! - [`testing`]: an engine without sockets, for tests and the fuzz target.
 
+pub mod acl;
 pub mod bench;
 pub mod cli;
 pub mod engine;
@@ -19,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod testing;
+pub mod wire;
 
 use std::net::SocketAddr;
 

@@ -62,6 +62,14 @@ pub struct Metrics {
     pub upstream_queries: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub upstream_tcp: AtomicU64,
+    /// Forwarded questions answered SERVFAIL because `--max-inflight-forwards` were waiting.
+    pub forward_rejected: AtomicU64,
+    /// TCP connections closed at once because `--max-tcp-connections` were open.
+    pub tcp_rejected: AtomicU64,
+    /// Out-of-zone questions REFUSED: the client is outside `--allow-recursion`.
+    pub recursion_refused: AtomicU64,
+    /// Bytes held by the forwarding cache (set by the server).
+    pub cache_bytes: AtomicU64,
     pub model_names: AtomicU64,
     pub model_updates: AtomicU64,
     pub synced: AtomicBool,
@@ -117,6 +125,9 @@ impl Metrics {
             ("sluice_dns_upstream_queries_total", "Queries sent to upstreams.", get(&self.upstream_queries)),
             ("sluice_dns_upstream_errors_total", "Upstream queries that failed or timed out.", get(&self.upstream_errors)),
             ("sluice_dns_upstream_tcp_retries_total", "Truncated upstream answers retried over TCP.", get(&self.upstream_tcp)),
+            ("sluice_dns_forward_rejected_total", "Forwarded questions answered SERVFAIL because too many were in flight.", get(&self.forward_rejected)),
+            ("sluice_dns_tcp_rejected_total", "TCP connections refused because too many were open.", get(&self.tcp_rejected)),
+            ("sluice_dns_recursion_refused_total", "Out-of-zone questions refused: the client is not in an allowed network.", get(&self.recursion_refused)),
             ("sluice_dns_model_updates_total", "Record model rebuilds from cluster snapshots.", get(&self.model_updates)),
         ];
         for (name, help, v) in counters {
@@ -124,6 +135,7 @@ impl Metrics {
         }
         let gauges = [
             ("sluice_dns_model_names", "Owner names in the record model.", get(&self.model_names)),
+            ("sluice_dns_cache_bytes", "Bytes held by the forwarding cache.", get(&self.cache_bytes)),
             ("sluice_dns_synced", "1 once the first full sync of the cluster happened.", u64::from(self.synced.load(Ordering::Relaxed))),
             ("sluice_dns_forward_loop_detected", "1 when forwarding was disabled because the upstreams loop back.", u64::from(self.loop_detected.load(Ordering::Relaxed))),
         ];

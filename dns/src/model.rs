@@ -290,6 +290,14 @@ fn service_records(
         let weight = srv_weight(per_owner[owner]);
         out.records.push(rec(owner, ttl, RData::SRV(SRV::new(0, weight, *port, target.clone()))));
     }
+    // One endpoint address under two hostnames, one port number for TCP and
+    // UDP: the same record twice. Keep the first (the model relies on it).
+    let keep: Vec<bool> = {
+        let mut seen: HashSet<(&Name, &RData)> = HashSet::with_capacity(out.records.len());
+        out.records.iter().map(|r| seen.insert((&r.name, &r.data))).collect()
+    };
+    let mut keep = keep.into_iter();
+    out.records.retain(|_| keep.next().unwrap_or(true));
     out
 }
 
@@ -366,11 +374,36 @@ impl ClusterModel {
                 ent(&mut names, n);
             }
             for r in &records.records {
-                add(&mut names, r.clone());
+                if r.record_type() == RecordType::PTR {
+                    // Reverse names are the only owners two Services can share.
+                    add(&mut names, r.clone());
+                } else {
+                    // Owned by this Service alone and unique within it
+                    // (service_records deduplicates endpoints): no linear
+                    // search, which made a 10,000-endpoint Service quadratic.
+                    names.entry(LowerName::new(&r.name)).or_default().records.push(r.clone());
+                }
             }
             memo_next.insert(key.clone(), MemoEntry { service: svc_ptr, slices: slice_ptrs, records });
         }
         memo.services = memo_next;
+
+        // Every name between an owner and the apex exists (an empty
+        // non-terminal): NODATA, never NXDOMAIN (RFC 8020: a resolver may
+        // drop the whole subtree below an NXDOMAIN).
+        let zone_lower = LowerName::new(&zone);
+        let zone_labels = zone.num_labels();
+        let mut missing: Vec<LowerName> = Vec::new();
+        for name in names.keys().filter(|n| n.num_labels() > zone_labels + 1 && zone_lower.zone_of(n)) {
+            let mut parent = name.base_name();
+            while parent.num_labels() > zone_labels && !names.contains_key(&parent) {
+                missing.push(parent.clone());
+                parent = parent.base_name();
+            }
+        }
+        for n in missing {
+            names.entry(n).or_default();
+        }
 
         Self {
             zone: LowerName::new(&zone),
@@ -413,6 +446,14 @@ impl ClusterModel {
     /// Answers `qtype` at `qname`; `original` is the name as the client spelt
     /// it, used as the owner of records owned by the question name.
     pub fn lookup(&self, qname: &LowerName, original: &Name, qtype: RecordType, qclass: DNSClass) -> Lookup {
+        self.lookup_limited(qname, original, qtype, qclass, usize::MAX)
+    }
+
+    /// [`Self::lookup`] copying at most `max_records` records into each
+    /// section: a caller that can send only so many bytes passes what surely
+    /// overflows them (its limit / 12, the smallest record's size), so a name
+    /// with 10,000 addresses costs a UDP query a hundred copies, not 10,000.
+    pub fn lookup_limited(&self, qname: &LowerName, original: &Name, qtype: RecordType, qclass: DNSClass, max_records: usize) -> Lookup {
         let in_zone = self.in_zone(qname);
         if !in_zone {
             // Reverse names of cluster addresses are ours; other reverse names fall through.
@@ -471,10 +512,14 @@ impl ClusterModel {
                     owner = target_lower;
                 }
                 _ => {
+                    // ANY gets one RRset, the first the name owns (RFC 8482).
+                    let wanted = if qtype == RecordType::ANY { records.first().map(Record::record_type) } else { Some(qtype) };
+                    let room = max_records.saturating_sub(ans.answers.len());
                     ans.answers.extend(
                         records
                             .iter()
-                            .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
+                            .filter(|r| Some(r.record_type()) == wanted)
+                            .take(room)
                             .map(|r| with_owner(r, &owner_name)),
                     );
                     break;
@@ -484,7 +529,7 @@ impl ClusterModel {
         if ans.answers.is_empty() {
             ans.authorities.push(self.soa.clone());
         } else if qtype == RecordType::SRV || qtype == RecordType::ANY {
-            self.add_srv_targets(&mut ans);
+            self.add_srv_targets(&mut ans, max_records);
         }
         Lookup::Authoritative(ans)
     }
@@ -508,9 +553,12 @@ impl ClusterModel {
     }
 
     /// Puts the addresses of SRV targets in the additional section.
-    fn add_srv_targets(&self, ans: &mut Answer) {
+    fn add_srv_targets(&self, ans: &mut Answer, max_records: usize) {
         let mut done: HashSet<LowerName> = HashSet::new();
         for r in &ans.answers {
+            if ans.additionals.len() >= max_records {
+                break;
+            }
             let RData::SRV(srv) = &r.data else { continue };
             let target = LowerName::new(&srv.target);
             if !done.insert(target.clone()) {

@@ -1,7 +1,7 @@
 //! Sockets and tasks: several SO_REUSEPORT UDP sockets answering from the
-//! engine, TCP served by `hickory_server::Server` with the same engine as its
-//! `RequestHandler`, the model updater following the snapshot channel, and
-//! the metrics endpoint.
+//! engine, TCP connections (at most `--max-tcp-connections`, one query at a
+//! time each), `hickory_server::Server` for `--udp-engine hickory`, the model
+//! updater following the snapshot channel, and the metrics endpoint.
 
 use std::{
     net::SocketAddr,
@@ -47,8 +47,10 @@ pub struct ServeOptions {
     pub udp_engine: UdpEngine,
     pub tcp_idle_timeout: Duration,
     pub metrics_addr: Option<SocketAddr>,
-    /// Forwarded queries in flight at most; more are answered SERVFAIL.
+    /// Forwarded UDP queries in flight at most; more are answered SERVFAIL.
     pub max_pending: usize,
+    /// TCP connections open at once; more are closed at once.
+    pub max_tcp_connections: usize,
 }
 
 /// The engine as hickory's request handler (TCP, and UDP with `--udp-engine hickory`).
@@ -125,7 +127,9 @@ async fn udp_loop(sock: Arc<tokio::net::UdpSocket>, engine: Arc<Engine>, pending
             Local::Pending(p) => {
                 if pending.fetch_add(1, Ordering::Relaxed) >= max_pending {
                     pending.fetch_sub(1, Ordering::Relaxed);
-                    warn!("too many forwarded queries in flight; dropping one");
+                    engine.metrics().forward_rejected.fetch_add(1, Ordering::Relaxed);
+                    engine.reject(*p, &mut out);
+                    let _ = sock.send_to(&out, src).await;
                     continue;
                 }
                 let (sock, engine, pending) = (sock.clone(), engine.clone(), pending.clone());
@@ -140,13 +144,89 @@ async fn udp_loop(sock: Arc<tokio::net::UdpSocket>, engine: Arc<Engine>, pending
     }
 }
 
+/// Accepts TCP connections while fewer than `max` are open; a connection
+/// beyond that is closed at once (the client retries or gives up), so memory
+/// for connections stays bounded.
+async fn tcp_loop(listener: tokio::net::TcpListener, engine: Arc<Engine>, max: usize, idle: Duration) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max.min(tokio::sync::Semaphore::MAX_PERMITS)));
+    loop {
+        let (stream, src) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                debug!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            engine.metrics().tcp_rejected.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            tcp_connection(stream, src, &engine, idle).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Answers the queries of one TCP connection in order until it closes or
+/// stays idle for `idle`.
+async fn tcp_connection(mut stream: tokio::net::TcpStream, src: SocketAddr, engine: &Engine, idle: Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut out = Vec::new();
+    loop {
+        let Ok(Ok(len)) = tokio::time::timeout(idle, stream.read_u16()).await else { return };
+        let mut query = vec![0u8; usize::from(len)];
+        if !matches!(tokio::time::timeout(idle, stream.read_exact(&mut query)).await, Ok(Ok(_))) {
+            return;
+        }
+        match engine.handle_packet(query, src, Protocol::Tcp, &mut out) {
+            Local::Reply => {}
+            Local::Drop => return,
+            Local::Pending(p) => engine.complete(*p, &mut out).await,
+        }
+        let Ok(len) = u16::try_from(out.len()) else { return };
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&out);
+        if !matches!(tokio::time::timeout(idle, stream.write_all(&framed)).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
 /// Rebuilds the model from every new snapshot and swaps it in.
 pub async fn follow_snapshots(engine: Arc<Engine>, mut rx: watch::Receiver<Arc<Snapshot>>) {
     let mut memo = Memo::default();
     loop {
         let snap = rx.borrow_and_update().clone();
         let started = std::time::Instant::now();
-        let model = ClusterModel::build(&snap, engine.config(), &mut memo);
+        engine.set_nodes(&snap);
+        // Built off the runtime's workers: queries keep being answered from
+        // the current model (even with --threads 1) until the new one is swapped in.
+        let cfg = engine.config().clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let model = ClusterModel::build(&snap, &cfg, &mut memo);
+            (model, memo)
+        })
+        .await;
+        let model = match built {
+            Ok((model, m)) => {
+                memo = m;
+                model
+            }
+            Err(e) => {
+                warn!(error = %e, "building the record model failed; keeping the last model");
+                memo = Memo::default();
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let names = model.len();
         let synced = model.is_synced();
         engine.set_model(model);
@@ -185,7 +265,7 @@ pub async fn serve(
             }
         }
         let tcp = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
-        server.register_listener(tcp, opts.tcp_idle_timeout, 64);
+        tasks.spawn(tcp_loop(tcp, engine.clone(), opts.max_tcp_connections, opts.tcp_idle_timeout));
         info!(%addr, udp_sockets = opts.udp_sockets, engine = ?opts.udp_engine, "listening (UDP and TCP)");
     }
     if let Some(addr) = opts.metrics_addr {

@@ -61,3 +61,35 @@ pub fn fuzz_one(engine: &Engine, data: &[u8]) {
         }
     }
 }
+
+/// One fuzz iteration of the relay of an upstream's response: `data` as
+/// what an upstream sent back. Whatever it is, either it is refused or the
+/// client gets a well-formed message within its limit, with its own id.
+///
+/// # Panics
+/// When a relayed message is malformed or too large (the bug looked for).
+pub fn fuzz_upstream(data: &[u8]) {
+    use crate::wire;
+    let Ok(walk) = wire::walk(data) else { return };
+    let _ = wire::cache_ttl(data, &walk, 3600, 1800);
+    // The client's query: the upstream's own question when it has one, so the relay is attempted.
+    let mut query = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    query.extend_from_slice(data.get(12..walk.question_end).unwrap_or_default());
+    if walk.qdcount != 1 {
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    }
+    let Ok(question_end) = wire::question_end(&query) else { return };
+    let edns = hickory_proto::op::Edns::new();
+    for (limit, edns) in [(512, None), (1232, Some(&edns)), (65535, Some(&edns))] {
+        let client = wire::Client { query: &query, question_end, edns, limit };
+        let mut out = Vec::new();
+        for aging in [None, Some(wire::Aging { age: 7, cap: 30 })] {
+            if wire::relay(data, &walk, &client, aging, &mut out).is_ok() {
+                assert!(out.len() <= limit, "relayed {} bytes over the limit {limit}", out.len());
+                let w = wire::walk(&out).unwrap_or_else(|e| panic!("relayed message does not walk: {e}"));
+                assert_eq!(out[..2], [0xbe, 0xef], "the client's id");
+                assert_eq!(w.rrs.iter().filter(|r| r.rtype == 41).count(), usize::from(edns.is_some()), "exactly our OPT, or none");
+            }
+        }
+    }
+}

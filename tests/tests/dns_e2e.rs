@@ -775,3 +775,359 @@ fn dns_follows_the_api_server_through_a_kubeconfig() {
     );
     wait_for("api.prod.svc.cluster.local", "198.19.0.51");
 }
+
+// ---------------------------------------------------------------- issue 20: hostile input, bounded memory
+
+/// A headless Service `many` in `prod` with `n` endpoints (and a named port, so SRV records exist).
+fn many_endpoints_with_port(n: usize) -> String {
+    let mut s = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: many, namespace: prod}\nspec: {clusterIP: None, ports: [{name: http, port: 80}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: many-a, namespace: prod, labels: {kubernetes.io/service-name: many}}\naddressType: IPv4\n\
+         ports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n",
+    );
+    for i in 0..n {
+        s.push_str(&format!("- {{addresses: [198.18.{}.{}]}}\n", 1 + i / 250, i % 250 + 1));
+    }
+    s
+}
+
+/// A raw query for `name`/`qtype` (no EDNS, RD set).
+fn raw_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(u8::try_from(label.len()).unwrap());
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+#[test]
+fn dns_truncated_udp_answers_are_well_formed_messages_for_dig_and_the_parser() {
+    let Some(_netns) = tests::ThreadNetns::enter("truncation") else { return };
+    let dir = TempDir::new("wellformed");
+    write(&dir.manifests(), "many.yaml", &many_endpoints_with_port(300));
+    let up = start_upstream("127.0.0.93");
+    let dns = start_dns(&dir, "127.0.0.92", &[up.addr], &[]);
+
+    for (name, qtype) in [
+        ("many.prod.svc.cluster.local", "SRV"),
+        ("_http._tcp.many.prod.svc.cluster.local", "SRV"),
+        ("many.prod.svc.cluster.local", "A"),
+    ] {
+        for edns in ["+noedns", "+bufsize=1232", "+bufsize=512"] {
+            let out = dig(&dns, &["+ignore", edns, name, qtype]);
+            assert!(!out.to_ascii_lowercase().contains("malformed"), "dig {edns} {name} {qtype} calls the answer malformed:\n{out}");
+            assert!(flags(&out).contains("tc"), "dig {edns} {name} {qtype}: TC set:\n{out}");
+            assert_eq!(status(&out), "NOERROR", "dig {edns} {name} {qtype}:\n{out}");
+        }
+    }
+    // The bytes themselves: at most 512, and exactly the records the header counts.
+    let sock = UdpSocket::bind("127.0.0.92:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.connect(dns.addr).unwrap();
+    let mut buf = [0u8; 4096];
+    for (i, qtype) in [33u16, 1].into_iter().enumerate() {
+        sock.send(&raw_query(0x5150 + i as u16, "many.prod.svc.cluster.local.", qtype)).unwrap();
+        let n = sock.recv(&mut buf).expect("an answer");
+        assert!(n <= 512, "a client without EDNS gets at most 512 bytes, saw {n}");
+        assert_eq!(buf[2] & 0x02, 0x02, "TC set");
+        let walked = sluice_dns::wire::walk(&buf[..n]).unwrap_or_else(|e| panic!("type {qtype}: not a well-formed message: {e}"));
+        assert!(!walked.rrs.is_empty(), "type {qtype}: the records that fit are kept");
+    }
+    // Over TCP the same question is answered whole.
+    let out = dig(&dns, &["+tcp", "many.prod.svc.cluster.local", "A"]);
+    assert_eq!(answers(&out).len(), 300, "TCP carries every record:\n{out}");
+}
+
+#[test]
+fn dns_empty_non_terminals_answer_nodata_not_nxdomain() {
+    let Some(_netns) = tests::ThreadNetns::enter("ent_nodata") else { return };
+    let dir = TempDir::new("ent");
+    write(&dir.manifests(), "cluster.yaml", CLUSTER);
+    let up = start_upstream("127.0.0.95");
+    let dns = start_dns(&dir, "127.0.0.94", &[up.addr], &[]);
+    for name in ["dns.cluster.local", "svc.cluster.local", "cluster.local", "pod.cluster.local", "_tcp.nginx.prod.svc.cluster.local"] {
+        let out = dig(&dns, &[name, "A"]);
+        assert_eq!(status(&out), "NOERROR", "{name} exists (RFC 8020):\n{out}");
+        assert!(answers(&out).is_empty(), "{name}: NODATA:\n{out}");
+    }
+    assert_eq!(status(&dig(&dns, &["nope.dns.cluster.local", "A"])), "NXDOMAIN");
+}
+
+#[test]
+fn dns_forwarding_only_for_allowed_clients_and_any_answered_minimally() {
+    let Some(netns) = tests::ThreadNetns::enter("open_resolv") else { return };
+    // An outside address on lo: not loopback (127/8), not a pod or node of the cluster.
+    let ok = Command::new("ip").args(["-n", netns.name(), "addr", "add", "203.0.113.5/32", "dev", "lo"]).status().unwrap();
+    assert!(ok.success(), "adding 203.0.113.5 to lo");
+    let dir = TempDir::new("acl");
+    // A Node whose pod CIDR is allowed by the default `--allow-recursion cluster`.
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDRs: [198.18.7.0/24]}\n\
+                status: {addresses: [{type: InternalIP, address: 192.0.2.7}]}\n";
+    write(&dir.manifests(), "cluster.yaml", &format!("{CLUSTER}---\n{node}"));
+    let ok = Command::new("ip").args(["-n", netns.name(), "addr", "add", "198.18.7.9/32", "dev", "lo"]).status().unwrap();
+    assert!(ok.success(), "adding 198.18.7.9 to lo");
+    let up = start_upstream("127.0.0.97");
+    // Listening on every address; each client asks the address it sends
+    // from, so the reply's source (chosen by routing) is the one it asked.
+    let mut dns = start_dns(&dir, "0.0.0.0", &[up.addr], &[]);
+    let port = dns.addr.port();
+    let mut from = |ip: &str, args: &[&str]| {
+        dns.addr = SocketAddr::new(ip.parse().unwrap(), port);
+        dig(&dns, &[&["-b", ip], args].concat())
+    };
+
+    let out = from("203.0.113.5", &["www.example.org", "A"]);
+    assert_eq!(status(&out), "REFUSED", "an outside client gets no forwarding:\n{out}");
+    assert!(!flags(&out).contains("ra"), "and no RA:\n{out}");
+    let out = from("203.0.113.5", &["web.prod.svc.cluster.local", "A"]);
+    assert_eq!(answers(&out), vec!["web.prod.svc.cluster.local. 5 IN A 198.19.0.10"], "cluster names answer everyone:\n{out}");
+    let out = from("198.18.7.9", &["www.example.org", "A"]);
+    assert_eq!(answers(&out), vec!["www.example.org. 300 IN A 192.0.2.1"], "a pod of a Node's podCIDR is forwarded:\n{out}");
+    let out = from("127.0.0.96", &["www.example.org", "ANY"]);
+    let any = answers(&out);
+    assert!(any.len() == 1 && any[0].contains("HINFO \"RFC8482\""), "ANY is answered with one HINFO (RFC 8482):\n{out}");
+    let out = from("127.0.0.96", &["web.prod.svc.cluster.local", "ANY"]);
+    assert_eq!(answers(&out).len(), 1, "ANY in the zone: one RRset:\n{out}");
+    let metrics = http_get(dns.metrics, "/metrics").unwrap();
+    assert!(metrics.contains("sluice_dns_recursion_refused_total 1"), "{metrics}");
+}
+
+#[test]
+fn dns_tcp_connections_beyond_the_limit_are_closed() {
+    let Some(_netns) = tests::ThreadNetns::enter("tcp_limit") else { return };
+    let dir = TempDir::new("tcplimit");
+    write(&dir.manifests(), "cluster.yaml", CLUSTER);
+    let up = start_upstream("127.0.0.99");
+    let dns = start_dns(&dir, "127.0.0.98", &[up.addr], &["--max-tcp-connections", "4"]);
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(dns.addr).unwrap()).collect();
+    // Wait until the server took the four (it accepts asynchronously).
+    thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(dns.addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut b = [0u8; 1];
+    let closed = matches!(extra.read(&mut b), Ok(0)) || matches!(extra.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+    assert!(closed, "a fifth connection is closed at once");
+    let metrics = http_get(dns.metrics, "/metrics").unwrap();
+    assert!(metrics.contains("sluice_dns_tcp_rejected_total 1"), "{metrics}");
+    drop(idle);
+    thread::sleep(Duration::from_millis(300));
+    let out = dig(&dns, &["+tcp", "web.prod.svc.cluster.local", "A"]);
+    assert_eq!(status(&out), "NOERROR", "slots free again once connections close:\n{out}");
+}
+
+/// An upstream for the memory test: `big*` names are TC over UDP and about
+/// 64 KB (4,000 A records) over TCP; TCP served by 8 threads.
+struct HugeUpstream {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    tcp_answers: Arc<AtomicUsize>,
+}
+
+impl Drop for HugeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn huge_answer(q: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    let end = qname_end(q)? + 4;
+    if q.len() < end {
+        return None;
+    }
+    let count: u16 = if tcp { 4000 } else { 0 };
+    let mut r = Vec::with_capacity(12 + end + usize::from(count) * 16);
+    r.extend_from_slice(&q[..2]);
+    r.push(0x81 | if tcp { 0 } else { 0x02 });
+    r.push(0x80);
+    r.extend_from_slice(&1u16.to_be_bytes());
+    r.extend_from_slice(&count.to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..end]);
+    for i in 0..count {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        r.extend_from_slice(&300u32.to_be_bytes());
+        r.extend_from_slice(&[0, 4, 192, 0, 2 + (i / 250) as u8 % 8, (i % 250 + 1) as u8]);
+    }
+    Some(r)
+}
+
+fn start_huge_upstream(ip: &str) -> HugeUpstream {
+    let (udp, tcp) = bound_pair(ip);
+    let addr = udp.local_addr().unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tcp_answers = Arc::new(AtomicUsize::new(0));
+    {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, src)) = udp.recv_from(&mut buf) {
+                    if let Some(r) = huge_answer(&buf[..n], false) {
+                        let _ = udp.send_to(&r, src);
+                    }
+                }
+            }
+        });
+    }
+    for _ in 0..8 {
+        let (tcp, stop, answered) = (tcp.try_clone().unwrap(), stop.clone(), tcp_answers.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = tcp.accept() else {
+                    thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if s.read_exact(&mut q).is_ok() {
+                    if let Some(r) = huge_answer(&q, true) {
+                        let mut framed = u16::try_from(r.len()).unwrap().to_be_bytes().to_vec();
+                        framed.extend_from_slice(&r);
+                        if s.write_all(&framed).is_ok() {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    HugeUpstream { addr, stop, tcp_answers }
+}
+
+/// The memory limit of the shipped Deployment (`dns/deploy/deployment.yaml`), in bytes.
+fn deployment_memory_limit() -> u64 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dns/deploy/deployment.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let limit = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("limits: {memory: "))
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("no `limits: {{memory: ...}}` in {}", path.display()));
+    let mib: u64 = limit.strip_suffix("Mi").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("limit {limit:?} is not in Mi"));
+    mib << 20
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+/// Issue 20 item 9: a flood of forwarded questions whose upstream answers are
+/// about 64 KB each (every one a new cache entry), TCP clients asking for a
+/// headless Service of 10,000 endpoints, and the peak RSS stays under the
+/// Deployment's memory limit while cluster names keep answering.
+#[test]
+fn dns_memory_stays_under_the_deployment_limit_under_floods_and_huge_answers() {
+    let Some(_netns) = tests::ThreadNetns::enter("memory_bound") else { return };
+    let dir = TempDir::new("memory");
+    write(&dir.manifests(), "cluster.yaml", CLUSTER);
+    let up = start_huge_upstream("127.0.0.101");
+    let dns = start_dns(&dir, "127.0.0.100", &[up.addr], &[]);
+    // The 10,000 endpoints are in the model before the flood starts (written
+    // after startup: reading them takes a debug build longer than readiness waits).
+    write(&dir.manifests(), "many.yaml", &many_endpoints_with_port(10_000));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answers(&dig(&dns, &["+tcp", "198-18-40-250.many.prod.svc.cluster.local", "A"])).is_empty() {
+        assert!(Instant::now() < deadline, "the 10,000-endpoint Service never showed up");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let limit = deployment_memory_limit();
+    let pid = dns.child.id();
+
+    // TCP clients asking for the whole headless Service (answers cut at 64 KB).
+    let stop = Arc::new(AtomicBool::new(false));
+    let tcp_ok = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, tcp_ok, addr) = (stop.clone(), tcp_ok.clone(), dns.addr);
+        clients.push(thread::spawn(move || {
+            for i in 0..200u16 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut s) = TcpStream::connect(addr) else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let q = raw_query(i, "many.prod.svc.cluster.local.", if i % 2 == 0 { 1 } else { 33 });
+                let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+                framed.extend_from_slice(&q);
+                let mut len = [0u8; 2];
+                if s.write_all(&framed).is_ok() && s.read_exact(&mut len).is_ok() {
+                    let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if s.read_exact(&mut r).is_ok() && r[3] & 0x0f == 0 {
+                        tcp_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    // The flood: 3,000 distinct names, each a ~64 KB upstream answer, sent
+    // in waves of 300 over UDP.
+    let sock = UdpSocket::bind("127.0.0.100:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.connect(dns.addr).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut answered = 0usize;
+    for wave in 0..10u16 {
+        for i in 0..300u16 {
+            let _ = sock.send(&raw_query(wave * 300 + i, &format!("big{}.example.org.", wave * 300 + i), 1));
+        }
+        let wave_end = Instant::now() + Duration::from_secs(10);
+        let mut got = 0;
+        while got < 300 && Instant::now() < wave_end {
+            if sock.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        answered += got;
+        // Cluster names keep answering in the middle of the flood.
+        let out = dig(&dns, &["+tries=3", "web.prod.svc.cluster.local", "A"]);
+        assert_eq!(answers(&out), vec!["web.prod.svc.cluster.local. 5 IN A 198.19.0.10"], "cluster name during wave {wave}:\n{out}");
+        let rss = peak_rss(pid);
+        assert!(rss < limit, "after wave {wave}: peak RSS {} MiB reached the Deployment's limit of {} MiB", rss >> 20, limit >> 20);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let rss = peak_rss(pid);
+    let metrics = http_get(dns.metrics, "/metrics").unwrap();
+    let cache_bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_dns_cache_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("sluice_dns_cache_bytes");
+    eprintln!(
+        "peak RSS {} MiB (limit {} MiB); {answered} of 3000 flood answers; {} upstream TCP answers; {} TCP cluster answers; cache {} MiB",
+        rss >> 20,
+        limit >> 20,
+        up.tcp_answers.load(Ordering::Relaxed),
+        tcp_ok.load(Ordering::Relaxed),
+        cache_bytes >> 20
+    );
+    assert!(rss < limit, "peak RSS {} MiB reached the Deployment's limit of {} MiB", rss >> 20, limit >> 20);
+    assert!(up.tcp_answers.load(Ordering::Relaxed) > 500, "the flood must really have moved huge answers to be a test");
+    assert!(cache_bytes <= 32 << 20, "the cache holds at most --cache-bytes (32 MiB default): {cache_bytes}");
+    assert!(tcp_ok.load(Ordering::Relaxed) > 0, "TCP clients got the headless Service");
+    let out = dig(&dns, &["web.prod.svc.cluster.local", "A"]);
+    assert_eq!(status(&out), "NOERROR", "cluster names answer after the flood:\n{out}");
+}

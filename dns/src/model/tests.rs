@@ -426,10 +426,50 @@ fn records_carry_the_configured_ttl() {
 }
 
 #[test]
-fn any_question_returns_every_record_of_the_name() {
+fn rfc8482_any_question_returns_one_rrset() {
     let a = authoritative(&model(), "dual.default.svc.cluster.local.", RecordType::ANY);
-    assert!(rdata(&a.answers).contains(&"A 198.19.0.11".to_owned()));
-    assert!(rdata(&a.answers).contains(&"AAAA 2001:db8:2::11".to_owned()));
+    let types: HashSet<RecordType> = a.answers.iter().map(Record::record_type).collect();
+    assert_eq!(types.len(), 1, "one RRset, not every record of the name: {:?}", rdata(&a.answers));
+    assert!(!a.answers.is_empty());
+    assert_negative(&model(), "_tcp.web.default.svc.cluster.local.", RecordType::ANY, ResponseCode::NoError);
+    assert_negative(&model(), "nope.default.svc.cluster.local.", RecordType::ANY, ResponseCode::NXDomain);
+}
+
+#[test]
+fn rfc8020_empty_non_terminals_are_nodata_not_nxdomain() {
+    let m = model();
+    for name in ["dns.cluster.local.", "svc.cluster.local.", "pod.cluster.local.", "cluster.local.", "_tcp.nginx.default.svc.cluster.local."] {
+        for qtype in [RecordType::A, RecordType::AAAA, RecordType::TXT] {
+            if name == "cluster.local." && qtype == RecordType::TXT {
+                continue;
+            }
+            assert_negative(&m, name, qtype, ResponseCode::NoError);
+        }
+    }
+    // The reverse of the rule: a name below which nothing exists is NXDOMAIN.
+    assert_negative(&m, "nope.dns.cluster.local.", RecordType::A, ResponseCode::NXDomain);
+}
+
+#[test]
+fn answers_copy_at_most_the_records_asked_for() {
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: many, namespace: default}\nspec: {clusterIP: None, ports: [{name: web, port: 80}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: many-a, namespace: default, labels: {kubernetes.io/service-name: many}}\naddressType: IPv4\n\
+         ports: [{name: web, port: 80}]\nendpoints:\n",
+    );
+    for i in 0..1000 {
+        yaml.push_str(&format!("- {{addresses: [198.18.{}.{}]}}\n", i / 250, i % 250 + 1));
+    }
+    let m = model_with(&yaml, PodsMode::Insecure);
+    let original = Name::from_ascii("many.default.svc.cluster.local.").unwrap();
+    let lower = LowerName::new(&original);
+    let Lookup::Authoritative(a) = m.lookup_limited(&lower, &original, RecordType::A, DNSClass::IN, 103) else { panic!("authoritative") };
+    assert_eq!(a.answers.len(), 103);
+    let Lookup::Authoritative(a) = m.lookup_limited(&lower, &original, RecordType::SRV, DNSClass::IN, 103) else { panic!("authoritative") };
+    assert!(a.answers.len() == 103 && a.additionals.len() <= 103, "{} answers, {} additionals", a.answers.len(), a.additionals.len());
+    let Lookup::Authoritative(a) = m.lookup(&lower, &original, RecordType::A, DNSClass::IN) else { panic!("authoritative") };
+    assert_eq!(a.answers.len(), 1000, "unlimited: every record");
 }
 
 #[test]
@@ -524,4 +564,22 @@ fn dashed_and_undashed_addresses_round_trip() {
     }
     assert_eq!(undash("1-2-3"), None);
     assert_eq!(undash("web-0"), None);
+}
+
+#[test]
+fn the_same_record_from_two_endpoints_or_ports_is_answered_once() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: dup, namespace: default}\n\
+        spec: {clusterIP: None, ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]}\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+        metadata: {name: dup-a, namespace: default, labels: {kubernetes.io/service-name: dup}}\naddressType: IPv4\n\
+        ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]\n\
+        endpoints:\n- {addresses: [198.18.0.30], hostname: a}\n- {addresses: [198.18.0.30], hostname: b}\n";
+    let m = model_with(yaml, PodsMode::Insecure);
+    let a = authoritative(&m, "dup.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(rdata(&a.answers), vec!["A 198.18.0.30"], "one address under two hostnames: one A record");
+    let srv = authoritative(&m, "dup.default.svc.cluster.local.", RecordType::SRV);
+    let mut got = rdata(&srv.answers);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), srv.answers.len(), "no SRV record twice: {:?}", rdata(&srv.answers));
 }
