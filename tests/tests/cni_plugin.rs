@@ -240,6 +240,7 @@ fn delegated_host_local_ipam_keeps_working() {
     let hl = topo.scratch("host-local");
     let conf = json!({
         "cniVersion": "1.0.0", "name": "hl", "type": "sluice-cni", "mtu": 1400,
+        "dataDir": topo.scratch("locks"),
         "ipam": {"type": "host-local", "dataDir": hl, "ranges": [[{"subnet": "198.18.5.0/24"}]]},
     });
     let a = Attach { node: &node, container: "h1".into(), netns: ns.add(&format!("{}-h1", topo.id())), ifname: "eth0".into() };
