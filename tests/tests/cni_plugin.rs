@@ -536,3 +536,52 @@ fn del_succeeds_once_the_container_is_gone_even_on_a_full_disk() {
     assert!(store_owners(&disk.dir, "sluice").is_empty(), "GC reclaims what the DELs on a full disk could not release");
     assert!(pod_veths(&node.netns).is_empty());
 }
+
+#[test]
+fn status_turns_51_when_the_daemon_keeps_failing_or_stops() {
+    must_be_root();
+    let mut topo = Topology::new();
+    let node = topo.add_node("a", Ipv4Addr::new(192, 0, 2, 1));
+    let dirs = NodeDirs::new(&topo, "a");
+    let manifests = topo.scratch("m");
+    std::fs::write(manifests.join("a.yaml"), node_yaml("a", node.underlay, "198.18.1.0/24")).unwrap();
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "sluice", "type": "sluice-cni",
+        "subnetFile": dirs.state_dir.join("subnet.json"), "dataDir": dirs.ipam_dir,
+    });
+    let status = || invoke(&cni_bin(), &node.netns, &[("CNI_COMMAND", "STATUS")], &conf.to_string());
+    status().expect_code(50, "STATUS before the daemon");
+    let d = start_daemon(&topo, &node, "vxlan", &manifests, &dirs);
+    eventually("STATUS ready once the daemon has reconciled", || status().ok);
+
+    // The node's address goes: every reconcile fails (no underlay), and after
+    // a few the daemon says so.
+    ip(&node.netns, &["addr", "del", "192.0.2.1/24", "dev", "eth0"]);
+    eventually("STATUS 51 while reconciles keep failing", || !status().ok && status().json()["code"] == 51);
+    assert!(d.stderr().contains("marked this node not ready"), "daemon log: {}", d.stderr());
+    // Back: the next reconcile publishes ready again.
+    ip(&node.netns, &["addr", "add", "192.0.2.1/24", "dev", "eth0"]);
+    eventually("STATUS ready again after a successful reconcile", || status().ok);
+
+    // Stopping the daemon: not ready, and the pod subnet stays published.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_timeout(T).is_some_and(|s| s.success()), "daemon did not stop cleanly: {}", d.stderr());
+    status().expect_code(51, "STATUS after the daemon stopped");
+    let subnet: Value = serde_json::from_slice(&std::fs::read(dirs.state_dir.join("subnet.json")).unwrap()).unwrap();
+    assert_eq!((subnet["ready"].clone(), subnet["podCidrs"][0].clone()), (json!(false), json!("198.18.1.0/24")), "{subnet}");
+}
+
+#[test]
+fn the_daemon_refuses_a_zero_resync_with_a_clear_error() {
+    must_be_root();
+    let mut topo = Topology::new();
+    let node = topo.add_node("a", Ipv4Addr::new(192, 0, 2, 1));
+    let manifests = topo.scratch("m");
+    let mut cmd = Command::new(cni_bin());
+    cmd.args(["daemon", "--node-name", "a", "--resync", "0"]).arg("--manifests").arg(&manifests);
+    let out = topo.run_in_node(&node, cmd, T);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error exits 2: {stderr}");
+    assert!(stderr.contains("--resync") && stderr.contains("must be more than zero"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
