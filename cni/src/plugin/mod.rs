@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::ipam::{AttachmentLock, Store};
 use crate::nl::NlError;
+use crate::invocation::{prepare, Command, Prepared};
 use crate::spec::{Attachment, Code, Env, Error, NetConf, Result};
 use crate::subnet::NodeSubnet;
 
@@ -131,37 +132,20 @@ fn lock_attachment(conf: &NetConf, owner: &Attachment, create: bool) -> Result<O
 
 /// Runs one plugin invocation: `env` from the process environment, `stdin` the config.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Output> {
-    match env.command.as_str() {
-        "VERSION" => Ok(Output::Json(version::version(stdin))),
-        "" => Err(Error::new(Code::InvalidEnvironment, "missing required environment variables", "CNI_COMMAND")),
-        cmd @ ("ADD" | "DEL" | "CHECK" | "GC" | "STATUS") => {
-            let (conf, version) = NetConf::parse(stdin)?;
-            let with_version = |e: Error| e.with_version(&conf.cni_version);
-            let gated = matches!(cmd, "GC" | "STATUS");
-            if gated && !version.at_least_1_1() {
-                return Err(with_version(Error::new(
-                    Code::IncompatibleVersion,
-                    "incompatible CNI version",
-                    format!("{cmd} needs cniVersion 1.1.0, the config says {}", conf.cni_version),
-                )));
-            }
-            let out = match cmd {
-                "ADD" => add::add(env, &conf, stdin).map(|r| {
-                    Output::Json(serde_json::to_value(r.for_version(version, &conf.cni_version)).expect("serialises"))
-                }),
-                "DEL" => del::del(env, &conf, stdin).map(|()| Output::Nothing),
-                "CHECK" => check::check(env, &conf, stdin).map(|()| Output::Nothing),
-                "GC" => gc::gc(env, &conf, stdin).map(|()| Output::Nothing),
-                _ => status::status(&conf).map(|()| Output::Nothing),
-            };
-            out.map_err(with_version)
-        }
-        other => Err(Error::new(
-            Code::InvalidEnvironment,
-            "unknown CNI_COMMAND",
-            format!("{other:?} is not one of ADD, DEL, CHECK, VERSION, GC, STATUS"),
-        )),
-    }
+    let (command, conf, version) = match prepare(env, stdin)? {
+        Prepared::Version => return Ok(Output::Json(version::version(stdin))),
+        Prepared::Command { command, conf, version } => (command, conf, version),
+    };
+    let out = match command {
+        Command::Add => add::add(env, &conf, stdin).map(|r| {
+            Output::Json(serde_json::to_value(r.for_version(version, &conf.cni_version)).expect("serialises"))
+        }),
+        Command::Del => del::del(env, &conf, stdin).map(|()| Output::Nothing),
+        Command::Check => check::check(env, &conf, stdin).map(|()| Output::Nothing),
+        Command::Gc => gc::gc(env, &conf, stdin).map(|()| Output::Nothing),
+        Command::Status => status::status(&conf).map(|()| Output::Nothing),
+    };
+    out.map_err(|e| e.with_version(&conf.cni_version))
 }
 
 fn open_netns(path: &str) -> Result<File> {
