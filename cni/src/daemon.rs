@@ -33,45 +33,32 @@ use crate::subnet::{write_atomic, NodeSubnet};
 /// exactly the stale ones it made and never anyone else's.
 pub const ROUTE_PROTO: u8 = 0x5c;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+/// What the daemon runs with (from the command line: [`crate::cli::DaemonArgs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
     /// How pod traffic crosses nodes.
-    #[arg(long, value_enum, default_value = "vxlan")]
     pub backend: Backend,
     /// Standalone source: a directory of Kubernetes YAML with v1 Node objects.
-    #[arg(long, conflicts_with = "kubeconfig")]
     pub manifests: Option<PathBuf>,
     /// API source: a kubeconfig file (in-cluster config when neither source is given).
-    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (the Node object to read the pod range of).
-    #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
     /// Cluster-wide pod ranges: traffic between them is not masqueraded.
-    #[arg(long = "cluster-cidr", default_values = ["10.244.0.0/16"])]
     pub cluster_cidrs: Vec<IpNetwork>,
-    #[arg(long, default_value_t = 1)]
     pub vni: u32,
-    #[arg(long, default_value_t = 8472)]
     pub vxlan_port: u16,
-    #[arg(long, default_value = "sluice.vxlan")]
     pub vxlan_device: String,
     /// Pod MTU; derived from the underlay interface when absent.
-    #[arg(long)]
     pub mtu: Option<u32>,
     /// Where the plugin's conflist is written.
-    #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    #[arg(long, default_value = "10-sluice.conflist")]
     pub cni_conf_name: String,
     /// Where the subnet file is written (`subnet.json`).
-    #[arg(long, default_value = "/run/sluice")]
     pub state_dir: PathBuf,
     /// The built-in IPAM's store, written into the conflist.
-    #[arg(long, default_value = crate::spec::DEFAULT_DATA_DIR)]
     pub ipam_dir: PathBuf,
     /// CNI network name in the conflist.
-    #[arg(long, default_value = "sluice")]
     pub network_name: String,
     /// The conflist's cniVersion. 1.1.0 (GC and STATUS) needs every chained
     /// plugin to know it; reference plugins before v1.5 (Debian 12 ships
@@ -79,22 +66,16 @@ pub struct Args {
     #[arg(long, default_value = crate::spec::LATEST_VERSION, value_parser = crate::spec::SUPPORTED_VERSIONS.to_vec())]
     pub cni_version: String,
     /// Leave pod traffic's source address alone.
-    #[arg(long)]
     pub no_masquerade: bool,
-    /// `ebpf`: pod-to-pod IPv4 traffic skips the node's forwarding path and
-    /// netfilter (tc programs on the pod veths, the VXLAN device and the
-    /// underlay). Opt-in: conntrack NAT of pod traffic (kube-proxy's
-    /// iptables/nftables ClusterIP DNAT) is not undone on such replies, so use
-    /// it where services are load-balanced at the socket (sluice-proxy).
-    #[arg(long, value_enum, default_value = "kernel")]
     pub host_routing: HostRoutingMode,
     /// bpffs directory for `--host-routing ebpf` (mounted if it is not one).
-    #[arg(long, default_value = "/sys/fs/bpf/sluice-cni")]
     pub bpffs: PathBuf,
-    /// Full reconcile period even without changes.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// Full reconcile period even without changes; never zero.
     pub resync: Duration,
 }
+
+/// [`Config`] under the name the daemon's functions use for it (`args`).
+pub type Args = Config;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HostRoutingMode {
@@ -102,17 +83,6 @@ pub enum HostRoutingMode {
     Kernel,
     /// eBPF: FIB lookup and redirect at tc, straight into the pod's namespace.
     Ebpf,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,20 +134,23 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
     let mut tick = tokio::time::interval(args.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut last_error = false;
+    let mut failures = Failures::default();
     let mut host_routing = (args.host_routing == HostRoutingMode::Ebpf).then(|| HostRouting::new(args.bpffs.clone()));
     info!(node = %args.node_name, backend = args.backend.as_str(), "sluice-cni daemon started");
     loop {
         let snap = rx.borrow_and_update().clone();
         if snap.synced {
             match reconcile(&args, &mut nl, &snap, host_routing.as_mut()) {
-                Ok(()) => last_error = false,
+                Ok(()) => failures.succeeded(),
                 Err(e) => {
-                    warn!(error = %e, "reconcile failed; retrying");
-                    last_error = true;
+                    warn!(error = %e, failures = failures.count + 1, "reconcile failed; retrying");
+                    if failures.failed() {
+                        mark_not_ready(&args, &format!("{} reconciles in a row failed, the last with: {e}", failures.count));
+                    }
                 }
             }
         }
+        let last_error = failures.count > 0;
         let retry = tokio::time::sleep(if last_error { Duration::from_secs(1) } else { args.resync });
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { warn!("source ended"); break; },
@@ -187,8 +160,50 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
             _ = term.recv() => break,
         }
     }
+    mark_not_ready(&args, "the daemon stopped");
     info!("sluice-cni daemon stopping; programmed state stays");
     Ok(())
+}
+
+/// After this many reconciles in a row fail, STATUS turns 51.
+pub const FAILURES_BEFORE_NOT_READY: u32 = 3;
+
+/// Consecutive failed reconciles.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+}
+
+impl Failures {
+    fn succeeded(&mut self) {
+        self.count = 0;
+    }
+
+    /// Counts one failure; true once when the run of failures reaches
+    /// [`FAILURES_BEFORE_NOT_READY`] (the moment to say not ready).
+    fn failed(&mut self) -> bool {
+        self.count = self.count.saturating_add(1);
+        self.count == FAILURES_BEFORE_NOT_READY
+    }
+}
+
+/// Rewrites the subnet file with `ready: false` (when there is one and it
+/// says ready): the daemon is no longer keeping this node's routes in step,
+/// so STATUS answers 51. Pods keep what is programmed; the next successful
+/// reconcile publishes `ready: true` again.
+pub fn mark_not_ready(args: &Args, why: &str) {
+    let path = args.state_dir.join("subnet.json");
+    match NodeSubnet::read(&path) {
+        Ok(Some(mut s)) if s.ready => {
+            s.ready = false;
+            match s.write(&path) {
+                Ok(()) => warn!(path = %path.display(), why, "marked this node not ready"),
+                Err(e) => warn!(path = %path.display(), error = %e, why, "cannot mark this node not ready"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(path = %path.display(), error = %e, "cannot read the subnet file to mark it not ready"),
+    }
 }
 
 /// The underlay: the link holding this node's address, the address's prefix, the link's MTU.
@@ -521,4 +536,47 @@ fn write_conflist(args: &Args, subnet_path: &std::path::Path) -> Result<()> {
     write_atomic(&path, &body).map_err(|source| Error::Write { path: path.clone(), source })?;
     info!(path = %path.display(), "wrote CNI config");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_is_said_once_after_a_run_of_failures_and_a_success_resets_it() {
+        let mut f = Failures::default();
+        let said: Vec<bool> = (0..FAILURES_BEFORE_NOT_READY + 2).map(|_| f.failed()).collect();
+        assert_eq!(said.iter().filter(|s| **s).count(), 1, "{said:?}");
+        assert!(said[FAILURES_BEFORE_NOT_READY as usize - 1]);
+        f.succeeded();
+        assert_eq!(f.count, 0);
+        assert!(!f.failed());
+    }
+
+    fn config(state_dir: PathBuf) -> Config {
+        crate::cli::daemon_config(["--node-name", "a", "--state-dir", state_dir.to_str().unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn mark_not_ready_flips_a_ready_subnet_file_and_leaves_the_rest() {
+        let dir = std::env::temp_dir().join(format!("sluice-cni-ready-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let args = config(dir.clone());
+        mark_not_ready(&args, "test: no file yet");
+        assert!(!dir.join("subnet.json").exists(), "nothing published, nothing to mark");
+        let s = NodeSubnet {
+            node: "a".into(),
+            pod_cidrs: vec!["198.18.1.0/24".parse().unwrap()],
+            cluster_cidrs: vec![],
+            mtu: 1450,
+            backend: "vxlan".into(),
+            ready: true,
+            host_routing: None,
+        };
+        s.write(&dir.join("subnet.json")).unwrap();
+        mark_not_ready(&args, "test");
+        let after = NodeSubnet::read(&dir.join("subnet.json")).unwrap().unwrap();
+        assert_eq!(after, NodeSubnet { ready: false, ..s });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

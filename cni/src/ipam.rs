@@ -96,6 +96,16 @@ impl State {
         ips
     }
 
+    /// Frees those of `ips` that `owner` holds (what one failed ADD allocated);
+    /// returns them. Addresses held by anyone else stay.
+    pub fn release_addrs(&mut self, owner: &Attachment, ips: &[IpAddr]) -> Vec<IpAddr> {
+        let mine: Vec<IpAddr> = ips.iter().copied().filter(|ip| self.allocations.get(ip) == Some(owner)).collect();
+        for ip in &mine {
+            self.allocations.remove(ip);
+        }
+        mine
+    }
+
     /// Frees every address whose attachment is not in `valid`; returns them.
     pub fn gc(&mut self, valid: &[Attachment]) -> Vec<IpAddr> {
         let stale: Vec<IpAddr> =
@@ -142,6 +152,13 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// Held while one attachment is added or deleted; dropping it (or the
+/// process dying) unlocks. See [`Store::lock_attachment`].
+#[derive(Debug)]
+pub struct AttachmentLock {
+    _file: File,
+}
+
 /// Held while the store is read and written; dropping it unlocks.
 pub struct Locked<'a> {
     store: &'a Store,
@@ -177,18 +194,57 @@ impl Store {
     /// Takes the exclusive lock (bounded wait) and reads the state.
     pub fn lock(&self) -> Result<Locked<'_>> {
         let lock_path = self.dir.join("lock");
-        let open = || OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path);
-        let lock = match open() {
+        let lock = self.open_lock_file(&lock_path)?;
+        flock(&lock, &lock_path, libc::LOCK_EX)?;
+        let state = self.read()?;
+        Ok(Locked { store: self, _lock: lock, state })
+    }
+
+    /// Serialises the commands of one attachment (container id, ifname): an
+    /// exclusive open-file-description lock on one byte of the store's lock
+    /// file, at an offset hashed from the attachment. A runtime retrying or
+    /// racing a duplicate ADD, or a DEL racing an ADD, then waits for the
+    /// first to finish instead of undoing what it did. These locks do not
+    /// interact with the whole-store `flock` on the same file (Linux keeps
+    /// the two kinds apart), and need no file per attachment, so nothing is
+    /// left to clean up. `create`: make the directory and lock file when
+    /// missing (ADD); without it a missing lock file is `Ok(None)` (DEL on a
+    /// network that never had an attachment here).
+    pub fn lock_attachment(&self, owner: &Attachment, create: bool) -> Result<Option<AttachmentLock>> {
+        let lock_path = self.dir.join("lock");
+        let file = if create {
+            self.open_lock_file(&lock_path)?
+        } else {
+            match OpenOptions::new().write(true).open(&lock_path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("open lock", &lock_path, &e)),
+            }
+        };
+        let offset = attachment_offset(owner);
+        retry_lock(&lock_path, || {
+            // SAFETY: an all-zero flock struct is valid; the fields are set below.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = offset;
+            fl.l_len = 1;
+            // SAFETY: fcntl(2) F_OFD_SETLK on an fd we own with a valid flock struct.
+            unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) == 0 }
+        })?;
+        Ok(Some(AttachmentLock { _file: file }))
+    }
+
+    fn open_lock_file(&self, lock_path: &Path) -> Result<File> {
+        let open = || OpenOptions::new().create(true).truncate(false).write(true).open(lock_path);
+        match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(&self.dir).map_err(|e| io_err("create directory", &self.dir, &e))?;
                 open()
             }
             other => other,
         }
-        .map_err(|e| io_err("open lock", &lock_path, &e))?;
-        flock(&lock, &lock_path, libc::LOCK_EX)?;
-        let state = self.read()?;
-        Ok(Locked { store: self, _lock: lock, state })
+        .map_err(|e| io_err("open lock", lock_path, &e))
     }
 
     /// Reads the state under a shared lock (for CHECK and diagnostics): a
@@ -229,17 +285,35 @@ impl Store {
     }
 }
 
+/// The byte of the lock file that stands for one attachment (FNV-1a of
+/// container id and ifname, kept to a positive `off_t`).
+fn attachment_offset(owner: &Attachment) -> libc::off_t {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in owner.container_id.bytes().chain([0]).chain(owner.ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    libc::off_t::try_from(h >> 2).unwrap_or(0)
+}
+
 /// `flock(2)` with a bounded wait; "try again later" when it runs out.
 fn flock(file: &File, path: &Path, how: libc::c_int) -> Result<()> {
+    // SAFETY: flock(2) on an fd we own.
+    retry_lock(path, || unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0)
+}
+
+/// Retries a non-blocking lock attempt with a short backoff until it
+/// succeeds or [`LOCK_TIMEOUT`] passes ("try again later").
+fn retry_lock(path: &Path, mut attempt: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + LOCK_TIMEOUT;
     let mut pause = Duration::from_micros(50);
     loop {
-        // SAFETY: flock(2) on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        if attempt() {
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) && e.kind() != io::ErrorKind::Interrupted {
+        let busy = matches!(e.raw_os_error(), Some(libc::EWOULDBLOCK | libc::EACCES));
+        if !busy && e.kind() != io::ErrorKind::Interrupted {
             return Err(io_err("lock", path, &e));
         }
         if Instant::now() >= deadline {
@@ -485,6 +559,48 @@ mod tests {
         l.commit().unwrap();
         drop(l);
         assert_eq!(store.peek().unwrap().allocations.len(), 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_add_releases_only_the_addresses_it_allocated() {
+        let mut s = State::default();
+        let r = [net("198.18.1.0/24")];
+        let held = s.allocate(&r, &att("a")).unwrap()[0].ip();
+        let other = s.allocate(&r, &att("b")).unwrap()[0].ip();
+        // "a" failed after allocating nothing new: its held address stays,
+        // and nobody else's can be released in its name.
+        assert!(s.release_addrs(&att("a"), &[other]).is_empty());
+        assert!(s.release_addrs(&att("a"), &[]).is_empty());
+        assert_eq!(s.owned_by(&att("a")), vec![held]);
+        assert_eq!(s.release_addrs(&att("a"), &[held]), vec![held]);
+        assert_eq!(s.owned_by(&att("b")), vec![other]);
+    }
+
+    #[test]
+    fn attachment_locks_exclude_the_same_attachment_only() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let d = tempdir("attach-lock");
+        let store = Store::new(&d, "pods");
+        assert!(store.lock_attachment(&att("a"), false).unwrap().is_none(), "no lock file yet: nothing to wait for");
+        let held = store.lock_attachment(&att("a"), true).unwrap().expect("created");
+        // Another attachment is not held up, nor is the whole-store lock.
+        let other = store.lock_attachment(&att("b"), false).unwrap().expect("lock file exists");
+        drop(store.lock().unwrap());
+        drop(other);
+        let released = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (d, released) = (d.clone(), Arc::clone(&released));
+            std::thread::spawn(move || {
+                let l = Store::new(&d, "pods").lock_attachment(&att("a"), false).unwrap().expect("exists");
+                assert!(released.load(Ordering::SeqCst), "the same attachment was locked twice at once");
+                drop(l);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        released.store(true, Ordering::SeqCst);
+        drop(held);
+        waiter.join().unwrap();
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -1,11 +1,14 @@
 //! sluice-cni: the CNI plugin (routed pod veths, built-in IPAM) and the node
 //! daemon connecting the nodes' pod subnets with VXLAN or host-gw routes.
 //!
-//! The binary is thin: [`plugin::main_from_env`] when `CNI_COMMAND` is set,
-//! [`daemon::run`] for `sluice-cni daemon`.
+//! The binary is thin: [`plugin::main_from_env`] without arguments (a
+//! runtime sets `CNI_COMMAND`), [`daemon::run`] for `sluice-cni daemon`
+//! (its flags are [`cli`]'s).
 
 pub mod bpf;
+pub mod cli;
 pub mod hostrouting;
+pub mod invocation;
 pub mod ipam;
 pub mod logging;
 pub mod nl;

@@ -1,30 +1,22 @@
-//! `sluice-cni`: the CNI plugin when `CNI_COMMAND` is set, the node daemon
-//! with `sluice-cni daemon ...`.
+//! `sluice-cni`: the CNI plugin when run without arguments (a runtime
+//! passes the command in `CNI_COMMAND`), the node daemon with
+//! `sluice-cni daemon ...`. The command line lives in [`sluice_cni::cli`].
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "sluice-cni", version, about = "Sluice pod networking: CNI plugin (CNI_COMMAND set) and node daemon")]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the node daemon (VXLAN/host-gw routes, masquerade, subnet file, conflist).
-    Daemon(sluice_cni::daemon::Args),
-}
+use sluice_cni::cli::{self, Invocation};
 
 fn main() {
-    // A runtime invokes a plugin without arguments (the command comes in
-    // CNI_COMMAND); that path skips argument parsing entirely.
+    // A runtime invokes a plugin without arguments; that path skips
+    // argument parsing entirely.
     if std::env::args_os().len() == 1 {
         std::process::exit(sluice_cni::plugin::main_from_env());
     }
-    let Cmd::Daemon(args) = Cli::parse().command;
+    let config = match cli::parse(std::env::args_os()) {
+        Ok(Invocation::Daemon(config)) => config,
+        Ok(Invocation::Plugin) => std::process::exit(sluice_cni::plugin::main_from_env()),
+        Err(e) => e.exit(),
+    };
     sluice_cni::logging::init_daemon();
-    if let Err(e) = sluice_cni::daemon::run(args) {
+    if let Err(e) = sluice_cni::daemon::run(config) {
         eprintln!("sluice-cni daemon: {e:#}");
         std::process::exit(1);
     }

@@ -20,18 +20,16 @@ pub struct NodeSubnet {
     /// MTU for pod interfaces (underlay minus the encapsulation overhead).
     pub mtu: u32,
     pub backend: String,
-    /// False while the daemon has lost its source (pods keep working, new
-    /// peers may not be reachable): STATUS answers 51 then.
-    #[serde(default = "yes")]
+    /// True only while the daemon reconciles: it writes false when it stops
+    /// (shutdown) or keeps failing, and a file without the field counts as
+    /// not ready. STATUS answers 51 then (pods keep working, new peers may
+    /// not be reachable).
+    #[serde(default)]
     pub ready: bool,
     /// `--host-routing ebpf`: the pinned program the plugin attaches to each
     /// new pod's host veth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_routing: Option<std::path::PathBuf>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl NodeSubnet {

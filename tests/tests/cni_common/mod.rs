@@ -198,3 +198,104 @@ pub fn start_daemon_with(
 pub fn ip(netns: &str, args: &[&str]) -> String {
     ip_in(netns, args).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Privileged tests fail, never pass silently, when not run as root.
+pub fn must_be_root() {
+    assert!(
+        tests::require_root(),
+        "this test needs root (network and mount namespaces); run it as root or through `cargo xtask test`"
+    );
+}
+
+/// The store's allocations with their owners: `ip -> (containerID, ifname)`.
+pub fn store_owners(data_dir: &Path, network: &str) -> Vec<(String, String, String)> {
+    let Ok(b) = fs::read(data_dir.join(network).join("state.json")) else { return Vec::new() };
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    v["allocations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(ip, o)| {
+                    (ip.clone(), o["containerID"].as_str().unwrap_or("").to_owned(), o["ifname"].as_str().unwrap_or("").to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The addresses (`a.b.c.d/len`) on `dev` in `netns`, both families, global scope.
+pub fn addrs_on(netns: &str, dev: &str) -> Vec<String> {
+    let Ok(out) = ip_in(netns, &["-o", "addr", "show", "dev", dev, "scope", "global"]) else { return Vec::new() };
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet" && *w != "inet6");
+            w.next()?;
+            w.next().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// A tmpfs of `size` bytes mounted at a fresh directory inside a private
+/// mount namespace of the calling thread: the plugins this thread spawns see
+/// it, nothing else on the machine does, and it goes when the thread ends
+/// (it is also unmounted on drop).
+pub struct TinyTmpfs {
+    pub dir: PathBuf,
+}
+
+impl TinyTmpfs {
+    pub fn mount(dir: PathBuf, size: usize) -> Self {
+        use std::ffi::CString;
+        fs::create_dir_all(&dir).unwrap();
+        // SAFETY: unshare(2) of this thread's mount namespace (threads do not
+        // share fs attributes after this), then mount(2) calls with valid
+        // NUL-terminated strings.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
+            let root = CString::new("/").unwrap();
+            let none = CString::new("none").unwrap();
+            // Nothing mounted here may propagate back to the machine's namespace.
+            assert_eq!(
+                libc::mount(none.as_ptr(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()),
+                0,
+                "make / private: {}",
+                std::io::Error::last_os_error()
+            );
+            let target = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+            let fstype = CString::new("tmpfs").unwrap();
+            let opts = CString::new(format!("size={size},mode=0755")).unwrap();
+            assert_eq!(
+                libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr().cast()),
+                0,
+                "mount tmpfs on {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Self { dir }
+    }
+
+    /// Writes a file until the filesystem is full.
+    pub fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = fs::File::create(self.dir.join("filler")).unwrap();
+        let chunk = vec![0xa5u8; 4096];
+        for _ in 0..100_000 {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+                Err(e) => panic!("filling {}: {e}", self.dir.display()),
+            }
+        }
+        panic!("{} never filled up", self.dir.display());
+    }
+}
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        if let Ok(target) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2(2) with a valid path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
