@@ -195,8 +195,21 @@ fn probe_tcx() -> bool {
 }
 
 fn probe_btf_func(name: &str) -> bool {
-    let Ok(btf) = aya::Btf::from_sys_fs() else { return false };
-    btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func).is_ok()
+    std::fs::read("/sys/kernel/btf/vmlinux").is_ok_and(|btf| btf_has_name(&btf, name))
+}
+
+/// Whether `name` is one of the names in a BTF blob's string section (a
+/// kernel function's name appears there exactly when the kernel has it;
+/// kfuncs are never inlined away). Reads only the header and the strings.
+pub fn btf_has_name(btf: &[u8], name: &str) -> bool {
+    let u32_at = |at: usize| btf.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    // struct btf_header: magic u16, version u8, flags u8, hdr_len, type_off, type_len, str_off, str_len
+    if btf.get(0..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
+        return false;
+    }
+    let (Some(hdr_len), Some(str_off), Some(str_len)) = (u32_at(4), u32_at(16), u32_at(20)) else { return false };
+    let Some(strings) = btf.get(hdr_len + str_off..hdr_len + str_off + str_len) else { return false };
+    strings.split(|b| *b == 0).any(|s| s == name.as_bytes())
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
@@ -318,6 +331,22 @@ mod tests {
         assert!(table.contains("kernel 6.1.0-57-amd64"), "{table}");
         assert!(table.lines().any(|l| l.contains("tcx") && l.contains(" no ") && l.contains("legacy tc")), "{table}");
         assert_eq!(KernelFeatures { tcx: true, ..f }.tc_mode(), TcMode::Tcx);
+    }
+
+    #[test]
+    fn a_btf_name_is_found_only_as_a_whole_string() {
+        let strings = b"\0bpf_sock_destroy\0bpf_sock_destroy_x\0";
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for v in [24u32, 0, 0, 0, strings.len() as u32] {
+            blob.extend_from_slice(&v.to_le_bytes());
+        }
+        blob.extend_from_slice(strings);
+        assert!(btf_has_name(&blob, "bpf_sock_destroy"));
+        assert!(!btf_has_name(&blob, "bpf_sock"), "a prefix is not a name");
+        assert!(!btf_has_name(&blob[..20], "bpf_sock_destroy"), "a truncated blob has no strings");
+        assert!(!btf_has_name(b"not btf at all, not at all", "bpf_sock_destroy"));
     }
 
     #[test]

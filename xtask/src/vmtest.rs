@@ -135,6 +135,7 @@ pub struct GuestRun {
 
 pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     util::require_root("cargo xtask vm-test")?;
+    crate::setup::run()?;
     for tool in ["qemu-system-x86_64", "busybox", "cpio", "depmod", "dpkg-deb", "apt-get", "xz"] {
         if util::output(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_none() {
             bail!("`{tool}` is missing: run `cargo xtask setup` (it installs qemu-system-x86, busybox-static, cpio, kmod, xz-utils)");
