@@ -93,8 +93,11 @@ impl KernelFeatures {
         }
     }
 
+    /// TCX where the kernel has it. `SLUICE_TC_MODE=legacy` forces legacy
+    /// tc (every kernel with TCX still has it): how the legacy path is
+    /// tested on a TCX host.
     pub fn tc_mode(&self) -> TcMode {
-        if self.tcx {
+        if self.tcx && !forced_legacy() {
             TcMode::Tcx
         } else {
             TcMode::Legacy
@@ -181,11 +184,15 @@ fn release() -> String {
 /// Only the tc probe (one query): for short-lived processes such as the
 /// CNI plugin, which need nothing else from the table.
 pub fn probe_tc_mode() -> TcMode {
-    if probe_tcx() {
+    if !forced_legacy() && probe_tcx() {
         TcMode::Tcx
     } else {
         TcMode::Legacy
     }
+}
+
+fn forced_legacy() -> bool {
+    std::env::var_os("SLUICE_TC_MODE").is_some_and(|v| v == "legacy")
 }
 
 /// TCX exists when the kernel answers a TCX query on loopback (a read;
