@@ -1,69 +1,26 @@
-//! The two bpf(2) calls the plugin needs to put the daemon's pinned
-//! `slc_from_pod` program on a new pod's host-side veth. Raw syscalls rather
-//! than aya: aya attaches tcx through a bpf_link that dies with the process,
-//! while `BPF_PROG_ATTACH` leaves the program on the device until the device
-//! goes (DEL removes the veth, and the attachment with it).
+//! Putting the daemon's pinned `slc_from_pod` program on a new pod's
+//! host-side veth, so that it stays there as long as the veth does (DEL
+//! removes the veth, and the attachment with it): on TCX kernels through
+//! `BPF_PROG_ATTACH` (no bpf_link that would die with the plugin process),
+//! on older ones through a legacy cls_bpf filter (`sluice_node::tc`).
 
-use std::ffi::CString;
 use std::io;
-use std::mem::size_of;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_ATTACH: libc::c_long = 8;
-/// `enum bpf_attach_type`: BPF_TCX_INGRESS (Linux 6.6).
-const BPF_TCX_INGRESS: u32 = 46;
+use aya::programs::TcAttachType;
+use sluice_node::tc::{self, slots};
 
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgAttachAttr {
-    target_ifindex: u32,
-    attach_bpf_fd: u32,
-    attach_type: u32,
-    attach_flags: u32,
-    replace_bpf_fd: u32,
-    relative_fd: u32,
-    expected_revision: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: attr is a valid bpf_attr prefix for `cmd` and outlives the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
-    if rc < 0 {
+/// Attaches the program pinned at `pin` to tc ingress of `ifindex` (TCX
+/// where the kernel has it, else clsact + cls_bpf), after any program
+/// already there. The name is kept for the plugin's call site.
+pub fn attach_tcx_ingress(pin: &Path, ifindex: u32) -> io::Result<()> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into `name`.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
         return Err(io::Error::last_os_error());
     }
-    Ok(rc)
-}
-
-/// Opens a pinned bpffs object.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Attaches the program pinned at `pin` to tc ingress (tcx) of `ifindex`,
-/// after any program already there.
-pub fn attach_tcx_ingress(pin: &Path, ifindex: u32) -> io::Result<()> {
-    let prog = obj_get(pin)?;
-    let mut attr = ProgAttachAttr {
-        target_ifindex: ifindex,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_TCX_INGRESS,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+    // SAFETY: if_indextoname NUL-terminated the buffer.
+    let ifname = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    tc::attach_pinned_for_device(pin, &ifname, TcAttachType::Ingress, sluice_node::features::probe_tc_mode(), slots::CNI_FROM_POD)
+        .map_err(io::Error::other)
 }

@@ -2,9 +2,10 @@
 //! node's IP forwarding path (see cni-ebpf for what the programs do).
 //!
 //! The daemon loads the programs with this node's ranges baked in, attaches
-//! `slc_to_pod` to tc ingress of the VXLAN device and the underlay (tcx
-//! links it holds: if the daemon stops they go, and traffic takes the
-//! kernel's path again, which is always correct), and pins `slc_from_pod`
+//! `slc_to_pod` to tc ingress of the VXLAN device and the underlay (TCX
+//! links, or legacy cls_bpf filters on kernels without TCX, that it holds:
+//! if the daemon stops they go, and traffic takes the kernel's path again,
+//! which is always correct), and pins `slc_from_pod`
 //! under `--bpffs` for the plugin to attach to each new pod's host veth. The
 //! pin's path reaches the plugin through the subnet file.
 
@@ -13,10 +14,12 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use cni_common::Config;
 use ipnetwork::IpNetwork;
+use sluice_node::tc::{self, slots, TcLink};
+use sluice_node::KernelFeatures;
 use tracing::info;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-cni-ebpf"));
@@ -38,8 +41,8 @@ pub enum Error {
     Bpffs { path: PathBuf, source: io::Error },
     #[error("loading the host-routing programs: {0}")]
     Load(String),
-    #[error("attaching {program} to {interface}: {reason}")]
-    Attach { program: &'static str, interface: String, reason: String },
+    #[error(transparent)]
+    Attach(#[from] tc::Error),
 }
 
 /// What the programs need to know (`SLC_CNI_CFG` in cni-ebpf).
@@ -83,11 +86,12 @@ pub fn config(p: &Params) -> Config {
 }
 
 /// Loaded programs and where `slc_to_pod` is attached (interface name ->
-/// (ifindex, link id)).
+/// (ifindex, link); dropping a link detaches it). `attached` is declared
+/// first so it drops before the programs.
 struct Loaded {
+    attached: BTreeMap<String, (u32, TcLink)>,
     cfg: Config,
     bpf: Ebpf,
-    attached: BTreeMap<String, (u32, aya::programs::tc::SchedClassifierLinkId)>,
 }
 
 pub struct HostRouting {
@@ -128,19 +132,21 @@ impl HostRouting {
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
-            if let Some((_, id)) = loaded.attached.remove(&name) {
-                let _ = prog.detach(id); // gone with its device already, most often
+            if let Some((_, link)) = loaded.attached.remove(&name) {
+                link.detach(); // gone with its device already, most often
             }
         }
-        for (name, index) in interfaces {
-            if loaded.attached.contains_key(name) {
-                continue;
-            }
-            let id = prog
-                .attach_with_options(name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|e| Error::Attach { program: TO_POD, interface: name.clone(), reason: e.to_string() })?;
-            info!(program = TO_POD, interface = %name, "attached (tcx ingress)");
-            loaded.attached.insert(name.clone(), (*index, id));
+        // All new interfaces or none: a failure detaches what this call attached.
+        let new: Vec<(&str, TcAttachType)> = interfaces
+            .iter()
+            .filter(|(name, _)| !loaded.attached.contains_key(name))
+            .map(|(name, _)| (name.as_str(), TcAttachType::Ingress))
+            .collect();
+        let mode = KernelFeatures::get().tc_mode();
+        for link in tc::attach(prog, &new, mode, slots::CNI_TO_POD)? {
+            info!(program = TO_POD, interface = %link.interface, %mode, "attached (ingress)");
+            let index = interfaces.iter().find(|(n, _)| *n == link.interface).map_or(0, |(_, i)| *i);
+            loaded.attached.insert(link.interface.clone(), (index, link));
         }
         Ok(self.pin())
     }
@@ -170,7 +176,7 @@ impl HostRouting {
         prog.pin(&pin).map_err(|e| Error::Load(format!("pinning {FROM_POD} at {}: {e}", pin.display())))?;
         let local = cfg.local[0].to_ne_bytes();
         info!(pin = %pin.display(), local_v4 = %IpAddr::from(local), cluster_ranges = cfg.cluster_count, "host-routing programs loaded");
-        Ok(Loaded { cfg, bpf, attached: BTreeMap::new() })
+        Ok(Loaded { attached: BTreeMap::new(), cfg, bpf })
     }
 }
 

@@ -513,6 +513,9 @@ pub fn remove_pinned(bpffs: &Path) -> std::io::Result<Vec<String>> {
         }
     }
     let _ = std::fs::remove_dir(&links);
+    // Kernels without TCX: the external programs sit in legacy tc filters, which have no pins.
+    let ext = [proxy_common::external::PROG_TC_INGRESS, proxy_common::external::PROG_TC_EGRESS];
+    removed.extend((0..sluice_node::tc::detach_legacy_named(&ext)).map(|_| "legacy tc filter".to_string()));
     for name in names::ALL.into_iter().chain(proxy_common::external::MAPS) {
         match std::fs::remove_file(bpffs.join(name)) {
             Ok(()) => removed.push(format!("map {name}")),

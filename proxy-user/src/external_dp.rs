@@ -21,8 +21,7 @@ use std::{
 use aya::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, Map, MapData, MapError},
     programs::{
-        links::FdLink, LinkOrder, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        tc::TcAttachOptions,
+        links::FdLink, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf,
 };
@@ -31,6 +30,7 @@ use proxy_common::{
     ServiceValue, SourceRangeKey4, Backend4, EXT_F_PEER_REDIRECT, LB_MAGLEV, LB_RANDOM, SCOPE_EXTERNAL, SOURCE_RANGE_ALLOW,
     SOURCE_RANGE_DENY,
 };
+use sluice_node::tc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
@@ -74,20 +74,13 @@ pub fn attach(bpf: &mut Ebpf, links: &Path, cgroup_dir: &File, opts: &ExternalAt
             .try_into()
             .map_err(|source| Error::Program { name, source })?;
         prog.load().map_err(|source| Error::Program { name, source })?;
-        for ifname in &opts.interfaces {
-            let pin = links.join(format!("{name}@{ifname}"));
-            if swap_pinned_link(&pin, prog.fd().map_err(|source| Error::Program { name, source })?)? {
-                debug!(program = name, interface = %ifname, "replaced program behind pinned tc link");
-                continue;
-            }
-            let id = prog
-                .attach_with_options(ifname, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|source| Error::Program { name, source })?;
-            let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
-            let link = FdLink::try_from(link).map_err(|e| io_err(&pin, e))?;
-            link.pin(&pin).map_err(|e| io_err(&pin, e))?;
-            info!(program = name, interface = %ifname, "attached (tcx) and pinned");
-        }
+        // TCX links pinned (or swapped behind a predecessor's pin), or legacy
+        // cls_bpf filters replaced in place on kernels without TCX; all or none.
+        let targets: Vec<(&str, PathBuf)> =
+            opts.interfaces.iter().map(|i| (i.as_str(), links.join(format!("{name}@{i}")))).collect();
+        let slot = if name == names::PROG_TC_INGRESS { tc::slots::PROXY_TC_INGRESS } else { tc::slots::PROXY_TC_EGRESS };
+        tc::attach_persistent(prog, kind, &targets, sluice_node::KernelFeatures::get().tc_mode(), slot)
+            .map_err(|e| io_err(links, e))?;
     }
     if opts.xdp {
         attach_xdp(bpf, links, &opts.interfaces)?;

@@ -6,6 +6,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// The benchmarks; writes target/bench/report.json, report.md and plots.
     Bench(bench::BenchArgs),
+    /// The privileged tests on Debian's 6.1 and 6.12 kernels under qemu (a smoke set unless told otherwise).
+    /// Arguments after `--` go to the test binaries (filters, --include-ignored).
+    VmTest(vmtest::VmTestArgs),
     /// Remove namespaces, cgroups, bpffs mounts and scratch dirs left by crashed tests.
     Clean {
         /// Name prefix of what to remove.
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::VmTest(args) => vmtest::run(&args),
         Cmd::Clean { prefix } => clean(&prefix),
     };
     match result {
