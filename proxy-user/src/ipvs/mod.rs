@@ -132,8 +132,8 @@ impl IpvsDataplane {
     pub fn open(settings: Settings) -> Result<Self, Error> {
         let ipvs = IpvsSocket::open()?;
         let mut rtnl = Rtnl::open()?;
+        let fresh = rtnl.link_index(DUMMY)?.is_none();
         let dummy = rtnl.ensure_dummy()?;
-        set_sysctls()?;
         let mut dp = Self {
             ipvs,
             rtnl,
@@ -143,7 +143,13 @@ impl IpvsDataplane {
             held: BTreeMap::new(),
             bound: BTreeSet::new(),
         };
-        dp.resync()?;
+        if let Err(e) = set_sysctls().and_then(|()| dp.resync()) {
+            // Leave nothing half made on a node we started on.
+            if fresh {
+                let _ = dp.rtnl.delete_dummy();
+            }
+            return Err(e);
+        }
         Ok(dp)
     }
 

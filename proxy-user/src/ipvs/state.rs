@@ -386,9 +386,9 @@ pub fn nft_table(held: &BTreeMap<ServiceId, Held>, backends: &BTreeMap<BackendId
          \x20 set cluster-ips {{ type ipv4_addr . inet_proto . inet_service;{} }}\n\
          \x20 set external {{ type ipv4_addr . inet_proto . inet_service;{} }}\n\
          \x20 set loopback {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr;{} }}\n\
-         \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{mark_rules}  }}\n\
-         \x20 chain output {{\n    type nat hook output priority dstnat; policy accept;\n{mark_rules}  }}\n\
-         \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20 chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n{mark_rules}  }}\n\
+         \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n{mark_rules}  }}\n\
+         \x20 chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n\
          \x20   meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark & {:#x} masquerade\n\
          \x20   ip daddr . meta l4proto . th dport . ip saddr @loopback masquerade\n  }}\n}}\n",
         elems(cluster),
