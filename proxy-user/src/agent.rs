@@ -73,7 +73,7 @@ pub struct ExternalSettings {
 /// Retry delay after a failed apply.
 const RETRY: Duration = Duration::from_secs(1);
 
-async fn open_source(source: &Source, node_name: &str) -> Result<watch::Receiver<Arc<Snapshot>>, Error> {
+pub(crate) async fn open_source(source: &Source, node_name: &str) -> Result<watch::Receiver<Arc<Snapshot>>, Error> {
     match source {
         Source::Manifests(dir) => Ok(sluice_k8s::manifests::watch_dir(dir.clone())?),
         Source::Kube { kubeconfig } => {

@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod ebpf;
 pub mod external;
 pub mod external_dp;
+pub mod ipvs;
 pub mod metrics;
 pub mod model;
 pub mod plan;

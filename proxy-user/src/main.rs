@@ -22,11 +22,19 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Which dataplane to read: pinned maps (ebpf) or this network
+        /// namespace's IPVS virtual services and real servers (ipvs).
+        #[arg(long, value_enum, default_value_t = DataplaneArg::Ebpf)]
+        dataplane: DataplaneArg,
     },
-    /// Detach the programs and remove every map and link Sluice pinned.
+    /// Detach the programs and remove every map and link Sluice pinned
+    /// (with --dataplane ipvs: our virtual services, the sluice-ipvs0 dummy
+    /// interface and the nft table, in this network namespace).
     Cleanup {
         #[arg(long, default_value = "/sys/fs/bpf/sluice")]
         bpffs: PathBuf,
+        #[arg(long, value_enum, default_value_t = DataplaneArg::Ebpf)]
+        dataplane: DataplaneArg,
     },
 }
 
@@ -95,6 +103,23 @@ struct RunArgs {
     /// Size of each Maglev table (a prime, larger than any Service's backend count).
     #[arg(long, default_value_t = proxy_user::external::DEFAULT_MAGLEV_SIZE)]
     maglev_table_size: u32,
+    /// The dataplane: eBPF programs, or IPVS virtual services (kube-proxy's
+    /// ipvs mode, for nodes that cannot load eBPF; needs CONFIG_IP_VS).
+    #[arg(long, value_enum, default_value_t = DataplaneArg::Ebpf)]
+    dataplane: DataplaneArg,
+    /// IPVS scheduler of every virtual service (--dataplane ipvs).
+    #[arg(long, value_enum, default_value_t = proxy_user::ipvs::state::Scheduler::Rr)]
+    ipvs_scheduler: proxy_user::ipvs::state::Scheduler,
+    /// The pod CIDR of the cluster: with --dataplane ipvs, traffic to a
+    /// ClusterIP from outside it is masqueraded (kube-proxy's --cluster-cidr).
+    #[arg(long)]
+    cluster_cidr: Option<ipnetwork::Ipv4Network>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DataplaneArg {
+    Ebpf,
+    Ipvs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -131,12 +156,15 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => {
-            let source = match (a.manifests, a.kubeconfig) {
+            let source = match (a.manifests.clone(), a.kubeconfig.clone()) {
                 (Some(dir), _) => agent::Source::Manifests(dir),
                 (None, kubeconfig) => agent::Source::Kube { kubeconfig },
             };
             if !proxy_user::external::is_prime(a.maglev_table_size) {
                 anyhow::bail!("--maglev-table-size {} is not a prime", a.maglev_table_size);
+            }
+            if a.dataplane == DataplaneArg::Ipvs {
+                return run_ipvs(a, source);
             }
             let external = (!a.external_interfaces.is_empty()).then(|| agent::ExternalSettings {
                 attach: proxy_user::external_dp::ExternalAttach {
@@ -174,7 +202,26 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(agent::run(cfg))?;
             Ok(())
         }
-        Command::Status { bpffs, json } => {
+        Command::Status { json, dataplane: DataplaneArg::Ipvs, .. } => {
+            let rows = proxy_user::ipvs::status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", proxy_user::ipvs::status_table(&rows));
+            }
+            Ok(())
+        }
+        Command::Cleanup { dataplane: DataplaneArg::Ipvs, .. } => {
+            let removed = proxy_user::ipvs::cleanup()?;
+            for r in &removed {
+                println!("removed {r}");
+            }
+            if removed.is_empty() {
+                println!("nothing of the ipvs dataplane in this network namespace");
+            }
+            Ok(())
+        }
+        Command::Status { bpffs, json, .. } => {
             let rows = status::read(&bpffs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -183,7 +230,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cleanup { bpffs } => {
+        Command::Cleanup { bpffs, .. } => {
             let removed = proxy_user::ebpf::remove_pinned(&bpffs)?;
             for r in &removed {
                 println!("removed {r}");
@@ -194,4 +241,37 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `run --dataplane ipvs`: NodePorts answer on --node-ip (or the addresses
+/// of --external-interfaces); the eBPF-only flags do not apply.
+fn run_ipvs(a: RunArgs, source: agent::Source) -> anyhow::Result<()> {
+    let node_ips = if !a.node_ip.is_empty() {
+        a.node_ip.clone()
+    } else if !a.external_interfaces.is_empty() {
+        proxy_user::external_dp::interface_ipv4s(&a.external_interfaces)?
+    } else {
+        Vec::new()
+    };
+    let external = (!node_ips.is_empty()).then(|| proxy_user::external::ExternalConfig {
+        node_ips,
+        nodeport_addresses: a.nodeport_addresses.clone(),
+        ..Default::default()
+    });
+    let cfg = proxy_user::ipvs::agent::Config {
+        source,
+        node_name: a.node_name,
+        settings: proxy_user::ipvs::state::Settings {
+            scheduler: a.ipvs_scheduler,
+            node_ips: Default::default(),
+            cluster_cidr: a.cluster_cidr,
+        },
+        external,
+        keep_on_exit: a.keep_on_exit,
+        resync: Duration::from_secs(a.resync_secs.max(1)),
+        metrics_addr: a.metrics_addr,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(proxy_user::ipvs::agent::run(cfg))?;
+    Ok(())
 }

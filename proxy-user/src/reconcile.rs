@@ -72,6 +72,11 @@ impl<D: Dataplane> Reconciler<D> {
         &self.dataplane
     }
 
+    /// For work a dataplane does beside diffs (e.g. IPVS deleting drained real servers).
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
     /// Export sync and programming-latency metrics.
     pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
         self.metrics = Some(metrics);
