@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -33,6 +34,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// The benchmarks; writes target/bench/report.json, report.md and plots.
     Bench(bench::BenchArgs),
+    /// OCI image archives of sluice-proxy, sluice-cni and sluice-dns under target/images/ (no Docker engine needed).
+    Image(image::ImageArgs),
     /// Remove namespaces, cgroups, bpffs mounts and scratch dirs left by crashed tests.
     Clean {
         /// Name prefix of what to remove.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Image(args) => image::run(&args),
         Cmd::Clean { prefix } => clean(&prefix),
     };
     match result {

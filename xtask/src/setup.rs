@@ -29,6 +29,9 @@ pub const PACKAGES: &[&str] = &[
     "ethtool",
     // The benchmark plots draw text with this font (no fontconfig needed).
     "fonts-dejavu-core",
+    // `cargo xtask image` archives are checked with skopeo; the least-privilege test runs them under podman.
+    "podman",
+    "skopeo",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
