@@ -6,6 +6,7 @@
 
 pub mod bpf;
 pub mod hostrouting;
+pub mod install;
 pub mod ipam;
 pub mod logging;
 pub mod nl;

@@ -14,6 +14,8 @@ struct Cli {
 enum Cmd {
     /// Run the node daemon (VXLAN/host-gw routes, masquerade, subnet file, conflist).
     Daemon(sluice_cni::daemon::Args),
+    /// Copy this plugin (and optionally a conflist) onto the host: the DaemonSet's init container.
+    Install(sluice_cni::install::Args),
 }
 
 fn main() {
@@ -22,7 +24,16 @@ fn main() {
     if std::env::args_os().len() == 1 {
         std::process::exit(sluice_cni::plugin::main_from_env());
     }
-    let Cmd::Daemon(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Cmd::Daemon(args) => args,
+        Cmd::Install(args) => {
+            if let Err(e) = sluice_cni::install::run(&args) {
+                eprintln!("sluice-cni install: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
     sluice_cni::logging::init_daemon();
     if let Err(e) = sluice_cni::daemon::run(args) {
         eprintln!("sluice-cni daemon: {e:#}");
