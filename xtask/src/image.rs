@@ -133,7 +133,8 @@ fn build_static(c: &Component, release: bool) -> anyhow::Result<Vec<u8>> {
     if release {
         cmd.arg("--release");
     }
-    cmd.args(["--", "-C", "target-feature=+crt-static", "-C", "relocation-model=static"]);
+    // Debug info stays out of images (it is most of a debug binary's size).
+    cmd.args(["--", "-C", "target-feature=+crt-static", "-C", "relocation-model=static", "-C", "strip=debuginfo"]);
     println!("xtask: building {} statically ({})", c.bin, if release { "release" } else { "debug" });
     let out = cmd
         .stderr(Stdio::inherit())
