@@ -266,6 +266,9 @@ fn the_proxy_image_serves_a_cluster_ip_with_exactly_the_daemonsets_privileges() 
         .args(["--security-opt", "no-new-privileges"])
         .arg(format!("--security-opt=seccomp={}", seccomp.display()))
         .args(["--read-only", "--read-only-tmpfs=false"])
+        // The runtime's default open-files limit (podman: 1048576) needs
+        // CAP_SYS_RESOURCE in the caller; keep the caller's.
+        .args(["--ulimit", "host"])
         .args(["--env", &format!("NODE_NAME={}", a.name), "--env", "RUST_LOG=info"]);
     for cap in &g.caps {
         run.args(["--cap-add", &format!("CAP_{cap}")]);

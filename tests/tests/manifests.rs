@@ -96,7 +96,7 @@ fn every_container_runs_with_least_privilege_probes_and_resources() {
             assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]), "{what}: must drop ALL capabilities");
             for cap in caps.add.iter().flatten() {
                 assert!(
-                    ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE", "NET_BIND_SERVICE"].contains(&cap.as_str()),
+                    ["BPF", "NET_ADMIN", "PERFMON", "NET_BIND_SERVICE"].contains(&cap.as_str()),
                     "{what}: capability {cap} is more than any component needs"
                 );
             }

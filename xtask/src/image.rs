@@ -219,6 +219,12 @@ impl ImageSpec {
         }
     }
 
+    /// The repository's last component (`sluice-proxy`).
+    fn title(&self) -> &str {
+        let repo = self.name.rsplit_once(':').map_or(self.name.as_str(), |(r, _)| r);
+        repo.rsplit('/').next().unwrap_or(repo)
+    }
+
     /// The tag part of the name (`0.1.0`).
     fn tag(&self) -> &str {
         self.name.rsplit_once(':').map_or(self.version.as_str(), |(_, t)| t)
@@ -319,7 +325,7 @@ pub fn oci_archive(spec: &ImageSpec) -> anyhow::Result<Archive> {
     let layer = layer_tar(&spec.files)?;
     let layer_gz = gzip(&layer)?;
     let labels = [
-        ("org.opencontainers.image.title", spec.name.rsplit('/').next().unwrap_or(&spec.name)),
+        ("org.opencontainers.image.title", spec.title()),
         ("org.opencontainers.image.version", spec.version.as_str()),
         ("org.opencontainers.image.description", spec.description.as_str()),
         ("org.opencontainers.image.licenses", "Apache-2.0 OR MIT"),
@@ -478,6 +484,7 @@ mod tests {
         assert_eq!(config["os"], "linux");
         assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/usr/local/bin/sluice-proxy"]));
         assert_eq!(config["config"]["Labels"]["org.opencontainers.image.version"], VERSION);
+        assert_eq!(config["config"]["Labels"]["org.opencontainers.image.title"], "sluice-proxy");
         assert!(config.get("created").is_none(), "no build time in the config: {config}");
         let layer_desc = &manifest["layers"][0];
         assert_eq!(layer_desc["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
