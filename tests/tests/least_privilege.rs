@@ -113,14 +113,25 @@ struct Podman {
 
 impl Podman {
     fn cmd(&self) -> Command {
+        let conf = self.dir.join("containers.conf");
+        if !conf.exists() {
+            // podman's default sysctl (net.ipv4.ping_group_range) is refused
+            // by runc in a namespace that is not the container's own; a
+            // kubelet sets none for a host-network pod.
+            std::fs::write(&conf, "[containers]\ndefault_sysctls = []\n").expect("writing containers.conf");
+        }
         let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", conf);
         cmd.arg("--root")
             .arg(self.dir.join("root"))
             .arg("--runroot")
             .arg(self.dir.join("runroot"))
             .arg("--tmpdir")
             .arg(self.dir.join("tmp"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            // runc: crun refuses hosts with cgroup v1 and v2 controllers mixed
+            // ("cgroups in hybrid mode not supported"), as this machine has.
+            .args(["--runtime", "runc"]);
         cmd
     }
 
@@ -171,6 +182,17 @@ fn runtime_default_seccomp(dest: &Path) {
         }));
     }
     std::fs::write(dest, serde_json::to_vec_pretty(&profile).unwrap()).unwrap();
+}
+
+/// `NAME=N:N` with N this process's soft limit `resource`, at most `max`
+/// (lowering a limit needs no privilege; runc could not set 96369 processes
+/// here although that was the caller's own limit).
+fn rlimit(name: &str, resource: libc::__rlimit_resource_t, max: u64) -> String {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit into `r`.
+    assert_eq!(unsafe { libc::getrlimit(resource, &mut r) }, 0, "getrlimit {name}");
+    let n = r.rlim_cur.min(max);
+    format!("{name}={n}:{n}")
 }
 
 /// The bit of each capability (linux/capability.h) named in the manifest.
@@ -266,9 +288,10 @@ fn the_proxy_image_serves_a_cluster_ip_with_exactly_the_daemonsets_privileges() 
         .args(["--security-opt", "no-new-privileges"])
         .arg(format!("--security-opt=seccomp={}", seccomp.display()))
         .args(["--read-only", "--read-only-tmpfs=false"])
-        // The runtime's default open-files limit (podman: 1048576) needs
-        // CAP_SYS_RESOURCE in the caller; keep the caller's.
-        .args(["--ulimit", "host"])
+        // podman's default limits (open files 1048576) are above this
+        // machine's hard limits, which root cannot raise here (no
+        // CAP_SYS_RESOURCE in its bounding set): give the caller's own.
+        .args(["--ulimit", &rlimit("nofile", libc::RLIMIT_NOFILE, 65_536), "--ulimit", &rlimit("nproc", libc::RLIMIT_NPROC, 4096)])
         .args(["--env", &format!("NODE_NAME={}", a.name), "--env", "RUST_LOG=info"]);
     for cap in &g.caps {
         run.args(["--cap-add", &format!("CAP_{cap}")]);

@@ -32,6 +32,8 @@ pub const PACKAGES: &[&str] = &[
     // `cargo xtask image` archives are checked with skopeo; the least-privilege test runs them under podman.
     "podman",
     "skopeo",
+    // podman's own crun refuses hybrid cgroup v1/v2 hosts such as these.
+    "runc",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
