@@ -75,7 +75,7 @@ fn grant() -> Grant {
     let objects = kustomize("deploy/overlays/kube-proxy-replacement");
     let template = workload(&objects, "sluice-proxy");
     let spec = template.spec.as_ref().expect("pod spec");
-    assert_ne!(spec.host_network, Some(false));
+    assert_eq!(spec.host_network, Some(true), "the test stands the node's namespace in for the host network");
     let c: &Container = spec.containers.iter().find(|c| c.name == "sluice-proxy").expect("container sluice-proxy");
     let sc = c.security_context.as_ref().expect("securityContext");
     assert_ne!(sc.privileged, Some(true));

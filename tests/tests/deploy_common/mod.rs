@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::Deserialize as _;
 
 /// The registry and repository prefix of every image.
 pub const IMAGE_PREFIX: &str = "ghcr.io/sluice-net/";
@@ -92,8 +93,6 @@ pub fn parse_file(path: &Path) -> Vec<Object> {
     }
     out
 }
-
-use serde::Deserialize as _;
 
 /// The files a kustomization directory pulls in, depth first, in order.
 ///
