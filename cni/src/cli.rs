@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the node daemon (VXLAN/host-gw routes, masquerade, subnet file, conflist).
     Daemon(DaemonArgs),
+    /// Copy this plugin (and optionally a conflist) onto the host: the DaemonSet's init container.
+    Install(crate::install::Args),
 }
 
 /// `sluice-cni daemon`'s flags.
@@ -68,6 +70,11 @@ pub struct DaemonArgs {
     /// CNI network name in the conflist.
     #[arg(long, default_value = "sluice")]
     pub network_name: String,
+    /// The conflist's cniVersion. 1.1.0 (GC and STATUS) needs every chained
+    /// plugin to know it; reference plugins before v1.5 (Debian 12 ships
+    /// 1.1.1) refuse it, so write 1.0.0 where those run.
+    #[arg(long, default_value = crate::spec::LATEST_VERSION, value_parser = crate::spec::SUPPORTED_VERSIONS.to_vec())]
+    pub cni_version: String,
     /// Leave pod traffic's source address alone.
     #[arg(long)]
     pub no_masquerade: bool,
@@ -103,6 +110,7 @@ impl DaemonArgs {
             state_dir: self.state_dir,
             ipam_dir: self.ipam_dir,
             network_name: self.network_name,
+            cni_version: self.cni_version,
             no_masquerade: self.no_masquerade,
             host_routing: self.host_routing,
             bpffs: self.bpffs,
@@ -117,6 +125,8 @@ pub enum Invocation {
     /// No arguments: a runtime ran the plugin (the command is in `CNI_COMMAND`).
     Plugin,
     Daemon(daemon::Config),
+    /// Copy the plugin (and optionally a conflist) onto the host: the DaemonSet's init container.
+    Install(crate::install::Args),
 }
 
 /// Parses the command line (program name first). A runtime invokes a
@@ -131,8 +141,10 @@ where
     if args.peek().is_none() {
         return Ok(Invocation::Plugin);
     }
-    let Cmd::Daemon(d) = Cli::try_parse_from(program.into_iter().chain(args))?.command;
-    Ok(Invocation::Daemon(d.into_config()))
+    match Cli::try_parse_from(program.into_iter().chain(args))?.command {
+        Cmd::Daemon(d) => Ok(Invocation::Daemon(d.into_config())),
+        Cmd::Install(i) => Ok(Invocation::Install(i)),
+    }
 }
 
 /// The daemon's configuration from its flags alone (tests, embedding).
@@ -144,7 +156,7 @@ where
     let argv = ["sluice-cni".into(), "daemon".into()].into_iter().chain(flags.into_iter().map(Into::into));
     match parse(argv)? {
         Invocation::Daemon(c) => Ok(c),
-        Invocation::Plugin => unreachable!("the daemon subcommand is always given"),
+        Invocation::Plugin | Invocation::Install(_) => unreachable!("the daemon subcommand is always given"),
     }
 }
 
@@ -192,6 +204,7 @@ mod tests {
             state_dir: "/run/sluice".into(),
             ipam_dir: crate::spec::DEFAULT_DATA_DIR.into(),
             network_name: "sluice".into(),
+            cni_version: crate::spec::LATEST_VERSION.into(),
             no_masquerade: false,
             host_routing: HostRoutingMode::Kernel,
             bpffs: "/sys/fs/bpf/sluice-cni".into(),

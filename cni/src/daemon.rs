@@ -60,10 +60,7 @@ pub struct Config {
     pub ipam_dir: PathBuf,
     /// CNI network name in the conflist.
     pub network_name: String,
-    /// The conflist's cniVersion. 1.1.0 (GC and STATUS) needs every chained
-    /// plugin to know it; reference plugins before v1.5 (Debian 12 ships
-    /// 1.1.1) refuse it, so write 1.0.0 where those run.
-    #[arg(long, default_value = crate::spec::LATEST_VERSION, value_parser = crate::spec::SUPPORTED_VERSIONS.to_vec())]
+    /// The conflist's cniVersion.
     pub cni_version: String,
     /// Leave pod traffic's source address alone.
     pub no_masquerade: bool,

@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod cli;
 pub mod hostrouting;
 pub mod invocation;
+pub mod install;
 pub mod ipam;
 pub mod logging;
 pub mod nl;

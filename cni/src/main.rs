@@ -12,6 +12,13 @@ fn main() {
     }
     let config = match cli::parse(std::env::args_os()) {
         Ok(Invocation::Daemon(config)) => config,
+        Ok(Invocation::Install(args)) => {
+            if let Err(e) = sluice_cni::install::run(&args) {
+                eprintln!("sluice-cni install: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
         Ok(Invocation::Plugin) => std::process::exit(sluice_cni::plugin::main_from_env()),
         Err(e) => e.exit(),
     };

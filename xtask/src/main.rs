@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -37,6 +38,8 @@ enum Cmd {
     /// The privileged tests on Debian's 6.1 and 6.12 kernels under qemu (a smoke set unless told otherwise).
     /// Arguments after `--` go to the test binaries (filters, --include-ignored).
     VmTest(vmtest::VmTestArgs),
+    /// OCI image archives of sluice-proxy, sluice-cni and sluice-dns under target/images/ (no Docker engine needed).
+    Image(image::ImageArgs),
     /// Remove namespaces, cgroups, bpffs mounts and scratch dirs left by crashed tests.
     Clean {
         /// Name prefix of what to remove.
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::VmTest(args) => vmtest::run(&args),
+        Cmd::Image(args) => image::run(&args),
         Cmd::Clean { prefix } => clean(&prefix),
     };
     match result {

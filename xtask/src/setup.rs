@@ -29,6 +29,11 @@ pub const PACKAGES: &[&str] = &[
     "ethtool",
     // The benchmark plots draw text with this font (no fontconfig needed).
     "fonts-dejavu-core",
+    // `cargo xtask image` archives are checked with skopeo; the least-privilege test runs them under podman.
+    "podman",
+    "skopeo",
+    // podman's own crun refuses hybrid cgroup v1/v2 hosts such as these.
+    "runc",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",

@@ -34,6 +34,15 @@ fn build_and_test(args: &TestArgs) -> anyhow::Result<()> {
     util::link_cni_static(false)?;
     let debug = util::target_dir()?.join("debug");
     let mut env = Vec::new();
+    // tests/tests/least_privilege.rs runs the agent's image under podman
+    // (debug binaries: a relink, not a release build).
+    let images = util::target_dir()?.join("images");
+    crate::image::run(&crate::image::ImageArgs {
+        debug: true,
+        only: vec!["sluice-proxy".to_owned()],
+        out: Some(images.clone()),
+    })?;
+    env.push(("SLUICE_IMAGES_DIR".to_owned(), images));
     for bin in BINARIES {
         let path = debug.join(bin);
         if path.is_file() {
