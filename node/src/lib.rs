@@ -1,3 +1,8 @@
 //! `sluice-node`: the small shell every Sluice node daemon needs, written
 //! once and shared by `sluice-proxy`, `sluice-cni daemon` and `sluice-dns`
 //! (DESIGN.md: "written once and shared"). It imports none of them.
+
+pub mod bpffs;
+pub mod http;
+pub mod lock;
+pub mod logging;
