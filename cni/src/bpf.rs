@@ -4,26 +4,14 @@
 //! while `BPF_PROG_ATTACH` leaves the program on the device until the device
 //! goes (DEL removes the veth, and the attachment with it).
 
-use std::ffi::CString;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 /// `enum bpf_attach_type`: BPF_TCX_INGRESS (Linux 6.6).
 const BPF_TCX_INGRESS: u32 = 46;
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-}
 
 #[repr(C)]
 #[derive(Default)]
@@ -46,14 +34,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     Ok(rc)
 }
 
-/// Opens a pinned bpffs object.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
+pub use sluice_node::bpffs::obj_get;
 
 /// Attaches the program pinned at `pin` to tc ingress (tcx) of `ifindex`,
 /// after any program already there.

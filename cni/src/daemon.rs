@@ -89,6 +89,9 @@ pub struct Args {
     /// Full reconcile period even without changes.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub resync: Duration,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. 127.0.0.1:10259); off when absent.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -161,9 +164,15 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut last_error = false;
     let mut host_routing = (args.host_routing == HostRoutingMode::Ebpf).then(|| HostRouting::new(args.bpffs.clone()));
+    let health = Arc::new(sluice_node::http::LoopHealth::new("sluice_cni", args.resync * 3 + Duration::from_secs(5)));
+    if let Some(addr) = args.metrics_addr {
+        sluice_node::http::Endpoint::bind(addr, sluice_node::http::Limits::default()).await?.spawn(health.clone());
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
     info!(node = %args.node_name, backend = args.backend.as_str(), "sluice-cni daemon started");
     loop {
         let snap = rx.borrow_and_update().clone();
+        health.beat();
         if snap.synced {
             match reconcile(&args, &mut nl, &snap, host_routing.as_mut()) {
                 Ok(()) => last_error = false,
@@ -172,6 +181,7 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
                     last_error = true;
                 }
             }
+            health.pass(!last_error);
         }
         let retry = tokio::time::sleep(if last_error { Duration::from_secs(1) } else { args.resync });
         tokio::select! {

@@ -42,6 +42,84 @@ pub trait Probes: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
 }
 
+/// [`Probes`] of a converge loop, for a daemon without metrics of its own:
+/// alive while the loop has run within `max_silence`, ready after a
+/// successful pass until a pass fails, and two counters.
+#[derive(Debug)]
+pub struct LoopHealth {
+    prefix: &'static str,
+    max_silence: Duration,
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last loop iteration.
+    beat_ms: AtomicU64,
+    passes: AtomicU64,
+    failures: AtomicU64,
+    /// 0: no pass yet, 1: last pass succeeded, 2: last pass failed.
+    state: AtomicU64,
+}
+
+impl LoopHealth {
+    /// `prefix` names the metrics (`<prefix>_converge_passes_total`, ...).
+    pub fn new(prefix: &'static str, max_silence: Duration) -> Self {
+        Self {
+            prefix,
+            max_silence,
+            started: std::time::Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            state: AtomicU64::new(0),
+        }
+    }
+
+    /// The loop is alive (call once per iteration).
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.beat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// One converge pass ended, successfully or not.
+    pub fn pass(&self, ok: bool) {
+        self.beat();
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.state.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+    }
+}
+
+impl Probes for LoopHealth {
+    fn metrics(&self) -> String {
+        let p = self.prefix;
+        format!(
+            "# HELP {p}_converge_passes_total Converge passes run.\n# TYPE {p}_converge_passes_total counter\n{p}_converge_passes_total {}\n\
+             # HELP {p}_converge_failures_total Converge passes that failed.\n# TYPE {p}_converge_failures_total counter\n{p}_converge_failures_total {}\n\
+             # HELP {p}_ready 1 when the last converge pass succeeded.\n# TYPE {p}_ready gauge\n{p}_ready {}\n",
+            self.passes.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            u8::from(self.state.load(Ordering::Relaxed) == 1),
+        )
+    }
+
+    fn live(&self) -> Result<(), String> {
+        let since = self.started.elapsed().saturating_sub(Duration::from_millis(self.beat_ms.load(Ordering::Relaxed)));
+        if since <= self.max_silence {
+            Ok(())
+        } else {
+            Err(format!("the converge loop has not run for {}s", since.as_secs()))
+        }
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        match self.state.load(Ordering::Relaxed) {
+            1 => Ok(()),
+            0 => Err("no converge pass has succeeded yet".into()),
+            _ => Err("the last converge pass failed".into()),
+        }
+    }
+}
+
 /// Bounds on what clients of the endpoint can cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

@@ -175,3 +175,21 @@ fn a_client_that_sends_nothing_is_timed_out() {
     assert_eq!(stats.timed_out.load(Ordering::Relaxed), 1);
     assert!(get(addr, "/readyz").starts_with("HTTP/1.1 200 OK"));
 }
+
+#[test]
+fn loop_health_is_ready_after_a_good_pass_until_a_bad_one_and_alive_while_it_beats() {
+    let h = LoopHealth::new("sluice_x", Duration::from_secs(3600));
+    assert!(h.live().is_ok());
+    assert_eq!(h.ready(), Err("no converge pass has succeeded yet".into()));
+    h.pass(true);
+    assert!(h.ready().is_ok());
+    h.pass(false);
+    assert_eq!(h.ready(), Err("the last converge pass failed".into()));
+    let m = h.metrics();
+    for line in ["sluice_x_converge_passes_total 2\n", "sluice_x_converge_failures_total 1\n", "sluice_x_ready 0\n"] {
+        assert!(m.contains(line), "{line:?} missing from:\n{m}");
+    }
+    let stalled = LoopHealth::new("sluice_x", Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(stalled.live().is_err(), "a loop silent for longer than max_silence is not alive");
+}
