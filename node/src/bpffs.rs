@@ -68,19 +68,19 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "{dir} is not on a bpf filesystem and mounting one on {mount_point} failed ({source}). \
+        "{dir} is not on a bpf filesystem and mounting one on {mount_point} failed ({cause}). \
          Mount the host's bpffs once with `mount -t bpf bpf {STANDARD_MOUNT}` (systemd does this at boot on \
          most distributions); in a container, mount the host's {STANDARD_MOUNT} (hostPath, mountPropagation: \
          HostToContainer); or choose a directory on a bpffs with --bpffs"
     )]
-    Mount { dir: PathBuf, mount_point: PathBuf, source: io::Error },
+    Mount { dir: PathBuf, mount_point: PathBuf, cause: io::Error },
     #[error(
-        "cannot create {dir} ({source}): its parent {parent} is not on a bpf filesystem. Mount one with \
+        "cannot create {dir} ({cause}): its parent {parent} is not on a bpf filesystem. Mount one with \
          `mount -t bpf bpf {STANDARD_MOUNT}`, or choose a directory on a bpffs with --bpffs"
     )]
-    Create { dir: PathBuf, parent: PathBuf, source: io::Error },
-    #[error("{dir}: {source}")]
-    Io { dir: PathBuf, source: io::Error },
+    Create { dir: PathBuf, parent: PathBuf, cause: io::Error },
+    #[error("{dir}: {cause}")]
+    Io { dir: PathBuf, cause: io::Error },
 }
 
 /// What [`ensure`] did.
@@ -100,7 +100,7 @@ pub enum Ensured {
 /// # Errors
 /// [`Error`], whose message says what to do.
 pub fn ensure(dir: &Path) -> Result<Ensured, Error> {
-    let io_err = |source| Error::Io { dir: dir.to_owned(), source };
+    let io_err = |cause| Error::Io { dir: dir.to_owned(), cause };
     if dir.is_dir() {
         if is_bpffs(dir).map_err(io_err)? {
             return Ok(Ensured::Present);
@@ -115,8 +115,8 @@ pub fn ensure(dir: &Path) -> Result<Ensured, Error> {
         std::fs::create_dir_all(dir).map_err(io_err)?;
         return Ok(Ensured::Mounted(parent));
     }
-    if let Err(source) = std::fs::create_dir_all(dir) {
-        return Err(if parent_is_bpffs { io_err(source) } else { Error::Create { dir: dir.to_owned(), parent, source } });
+    if let Err(cause) = std::fs::create_dir_all(dir) {
+        return Err(if parent_is_bpffs { io_err(cause) } else { Error::Create { dir: dir.to_owned(), parent, cause } });
     }
     if parent_is_bpffs {
         return Ok(Ensured::Present);
@@ -126,7 +126,7 @@ pub fn ensure(dir: &Path) -> Result<Ensured, Error> {
 }
 
 fn mount(dir: &Path, mount_point: &Path) -> Result<(), Error> {
-    let fail = |source| Error::Mount { dir: dir.to_owned(), mount_point: mount_point.to_owned(), source };
+    let fail = |cause| Error::Mount { dir: dir.to_owned(), mount_point: mount_point.to_owned(), cause };
     let target = cstring(mount_point).map_err(fail)?;
     let fstype = c"bpf";
     // SAFETY: plain mount(2) with valid C strings and no data.
@@ -158,9 +158,10 @@ mod tests {
         let e = Error::Mount {
             dir: "/sys/fs/bpf/sluice".into(),
             mount_point: "/sys/fs/bpf".into(),
-            source: io::Error::from_raw_os_error(libc::EPERM),
+            cause: io::Error::from_raw_os_error(libc::EPERM),
         };
         let text = e.to_string();
+        assert!(std::error::Error::source(&e).is_none(), "the cause is in the message, not repeated as a source");
         for want in ["/sys/fs/bpf/sluice is not on a bpf filesystem", "mount -t bpf bpf /sys/fs/bpf", "--bpffs", "hostPath"] {
             assert!(text.contains(want), "{want:?} missing from {text}");
         }

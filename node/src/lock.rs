@@ -24,8 +24,8 @@ pub enum Error {
         holder = holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
     Held { what: String, dir: PathBuf, holder: Option<u32> },
-    #[error("locking {dir}: {source}")]
-    Io { dir: PathBuf, source: io::Error },
+    #[error("locking {dir}: {cause}")]
+    Io { dir: PathBuf, cause: io::Error },
 }
 
 /// An exclusive lock on a directory, released on drop (or when the process ends).
@@ -43,7 +43,7 @@ impl DirLock {
     /// [`Error::Held`] when another process holds it (with its pid when
     /// `/proc/locks` shows it), [`Error::Io`] when `dir` cannot be opened.
     pub fn acquire(dir: &Path, what: &str) -> Result<Self, Error> {
-        let io_err = |source| Error::Io { dir: dir.to_owned(), source };
+        let io_err = |cause| Error::Io { dir: dir.to_owned(), cause };
         let file = File::open(dir).map_err(io_err)?;
         // SAFETY: flock(2) on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

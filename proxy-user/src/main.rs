@@ -129,10 +129,26 @@ fn main() -> ExitCode {
     match real_main(Cli::parse_from(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice-proxy: error: {e:#}");
+            eprintln!("sluice-proxy: error: {}", once(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined with ": ", leaving out a cause the
+/// text already says (many errors repeat their source in their message).
+fn once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
@@ -286,5 +302,14 @@ mod tests {
         };
         assert_eq!(run(&[]).metrics_addr, "127.0.0.1:10249".parse().unwrap());
         assert_eq!(run(&["--metrics-addr", "192.0.2.1:9999"]).metrics_addr, "192.0.2.1:9999".parse().unwrap());
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::new(inner).context("map SLC_SVC4: BPF_OBJ_GET failed: No such file or directory (os error 2)");
+        assert_eq!(once(&e), "map SLC_SVC4: BPF_OBJ_GET failed: No such file or directory (os error 2)");
+        let e = anyhow::anyhow!("disk").context("reading x");
+        assert_eq!(once(&e), "reading x: disk");
     }
 }

@@ -17,8 +17,8 @@ pub enum Error {
     NoAgent { dir: std::path::PathBuf, why: String },
     #[error("reading the maps pinned under {dir} needs root (CAP_BPF): run `sudo sluice-proxy status`")]
     NotPermitted { dir: std::path::PathBuf },
-    #[error("reading the maps pinned under {dir}: {source}")]
-    Ebpf { dir: std::path::PathBuf, source: ebpf::Error },
+    #[error("reading the maps pinned under {dir}: {cause}")]
+    Ebpf { dir: std::path::PathBuf, cause: ebpf::Error },
 }
 
 /// Checks that an agent has pinned its maps under `bpffs` before opening
@@ -70,7 +70,7 @@ pub fn read(bpffs: &Path) -> Result<Vec<FrontendStatus>, Error> {
         {
             Error::NotPermitted { dir: bpffs.to_owned() }
         }
-        source => Error::Ebpf { dir: bpffs.to_owned(), source },
+        cause => Error::Ebpf { dir: bpffs.to_owned(), cause },
     };
     let dp = EbpfDataplane::open_pinned(bpffs).map_err(ebpf)?;
     Ok(describe(&dp.programmed().map_err(ebpf)?))
