@@ -671,6 +671,19 @@ metadata: {name: node-a}
         assert!(warnings[0].contains("bad.yaml") && warnings[0].contains("malformed"), "{warnings:?}");
     }
 
+    /// A file that needs the slow path (here: a List) with a duplicated key
+    /// in one document: the documents after it are read too.
+    #[test]
+    fn a_duplicate_key_does_not_drop_the_documents_after_it() {
+        let text = "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: a}}]\n---\n\
+                    apiVersion: v1\nkind: Namespace\nmetadata: {name: b, name: b2}\n---\n\
+                    apiVersion: v1\nkind: Namespace\nmetadata: {name: c}\n";
+        let (objects, warnings) = parse_documents("f.yaml", text);
+        let names: Vec<&str> = objects.iter().map(Object::name).collect();
+        assert_eq!(names, ["a", "c"], "{warnings:?}");
+        assert!(warnings.len() == 1 && warnings[0].contains("document 2") && warnings[0].contains("duplicate"), "{warnings:?}");
+    }
+
     /// A problem in one document skips that document alone: the documents
     /// before and after it are read.
     #[test]
@@ -693,7 +706,10 @@ metadata: {name: node-a}
             ("document end markers", format!("{}...\n{dup_top}...\n---\n{}", ns("a"), ns("c")), vec!["a", "c"], vec!["document 2"]),
         ];
         for (case, text, want, warned) in cases {
-            let (objects, warnings) = parse_documents("f.yaml", &text);
+            // The slow path, which every file with a document the fast path
+            // cannot take goes through (the fast path deserializes straight
+            // into k8s-openapi's types, which keep the last of duplicated keys).
+            let (objects, warnings) = parse_slow("f.yaml", &text);
             let names: Vec<&str> = objects
                 .iter()
                 .map(|o| match o {
