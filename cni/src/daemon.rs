@@ -69,6 +69,9 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Full reconcile period even without changes; never zero.
     pub resync: Duration,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. 127.0.0.1:10259); off when absent.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// [`Config`] under the name the daemon's functions use for it (`args`).
@@ -133,9 +136,15 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failures = Failures::default();
     let mut host_routing = (args.host_routing == HostRoutingMode::Ebpf).then(|| HostRouting::new(args.bpffs.clone()));
+    let health = Arc::new(sluice_node::http::LoopHealth::new("sluice_cni", args.resync * 3 + Duration::from_secs(5)));
+    if let Some(addr) = args.metrics_addr {
+        sluice_node::http::Endpoint::bind(addr, sluice_node::http::Limits::default()).await?.spawn(health.clone());
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
     info!(node = %args.node_name, backend = args.backend.as_str(), "sluice-cni daemon started");
     loop {
         let snap = rx.borrow_and_update().clone();
+        health.beat();
         if snap.synced {
             match reconcile(&args, &mut nl, &snap, host_routing.as_mut()) {
                 Ok(()) => failures.succeeded(),
@@ -146,6 +155,7 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
                     }
                 }
             }
+            health.pass(!last_error);
         }
         let last_error = failures.count > 0;
         let retry = tokio::time::sleep(if last_error { Duration::from_secs(1) } else { args.resync });

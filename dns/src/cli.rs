@@ -88,12 +88,7 @@ pub struct Args {
 /// # Errors
 /// Bad flags, unreadable sources or unbindable sockets.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,hickory_server=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    sluice_node::logging::init("info,hickory_server=warn");
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.unwrap_or(cpus).max(1))

@@ -12,10 +12,6 @@ use std::{
 };
 
 use hickory_proto::{op::ResponseCode, rr::RecordType};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
 
 const TYPES: [&str; 10] = ["A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "SOA", "NS", "ANY", "other"];
 const RCODES: [&str; 7] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other"];
@@ -147,54 +143,25 @@ impl Metrics {
 }
 
 /// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (first
-/// sync done) on `listener` until the task is dropped.
-pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let mut len = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while len < buf.len() {
-                    let n = conn.read(&mut buf[len..]).await.ok()?;
-                    if n == 0 {
-                        break;
-                    }
-                    len += n;
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Some(())
-            })
-            .await;
-            if !matches!(read, Ok(Some(()))) {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-                "/readyz" if metrics.synced.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_owned()),
-                "/readyz" => ("503 Service Unavailable", "text/plain", "not synced\n".to_owned()),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
+/// sync done) on the shared node endpoint ([`sluice_node::http`]) until the
+/// task is dropped.
+pub async fn serve_http(endpoint: sluice_node::http::Endpoint, metrics: Arc<Metrics>) {
+    struct Probes(Arc<Metrics>);
+    impl sluice_node::http::Probes for Probes {
+        fn metrics(&self) -> String {
+            self.0.render()
+        }
+        fn ready(&self) -> Result<(), String> {
+            if self.0.synced.load(Ordering::Relaxed) { Ok(()) } else { Err("not synced".into()) }
+        }
     }
+    endpoint.serve(Arc::new(Probes(metrics))).await;
 }
 
 /// Binds the metrics endpoint.
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub async fn bind_http(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+pub async fn bind_http(addr: SocketAddr) -> std::io::Result<sluice_node::http::Endpoint> {
+    sluice_node::http::Endpoint::bind(addr, sluice_node::http::Limits::default()).await
 }

@@ -123,23 +123,64 @@ fn split_documents(text: &str) -> Option<Vec<&str>> {
 }
 
 /// Every document through a `Value`, so each problem gets a warning naming
-/// the file and the object.
+/// the file and the object. Each document is parsed on its own: a problem in
+/// one (a duplicate key, a syntax error) skips that document alone, never
+/// the documents after it.
 fn parse_slow(file: &str, text: &str) -> (Vec<Object>, Vec<String>) {
     let mut objects = Vec::new();
     let mut warnings = Vec::new();
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let doc_no = index + 1;
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(v) => v,
-            Err(e) => {
-                warnings.push(format!("{file}: document {doc_no}: malformed YAML: {e}"));
-                // A syntax error leaves the rest of the stream unreadable.
-                break;
-            }
-        };
-        parse_value(file, &format!("document {doc_no}"), value, &mut objects, &mut warnings);
+    for (index, (line, doc)) in document_texts(text).into_iter().enumerate() {
+        let at = format!("document {} (line {line})", index + 1);
+        match serde_yaml::from_str::<serde_yaml::Value>(doc) {
+            Ok(value) => parse_value(file, &at, value, &mut objects, &mut warnings),
+            Err(e) => warnings.push(format!("{file}: {at}: malformed YAML, document skipped: {e}")),
+        }
     }
     (objects, warnings)
+}
+
+/// Splits a YAML stream into its documents' texts, each with the line it
+/// starts on (1-based). A `---` line starts a document (and stays in it:
+/// it may carry content, `--- {a: b}`); a `...` line ends one. Directives
+/// (`%YAML`) and comments before a document stay with it; a stream part
+/// with nothing but blanks and comments is no document.
+fn document_texts(text: &str) -> Vec<(usize, &str)> {
+    let is_marker = |line: &str, m: &str| {
+        line.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+    };
+    let has_content = |part: &str| {
+        part.lines().any(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') && t != "..."
+        }) || part.lines().any(|l| is_marker(l, "---"))
+    };
+    let mut docs = Vec::new();
+    let (mut start, mut start_line, mut at) = (0, 1, 0);
+    // Whether the current part already holds a `---` or content (a second `---` then starts another).
+    let mut opened = false;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(line, "---") {
+            if opened && has_content(&text[start..at]) {
+                docs.push((start_line, &text[start..at]));
+                (start, start_line) = (at, n + 1);
+            }
+            opened = true;
+        } else if is_marker(line, "...") {
+            at += line.len();
+            if has_content(&text[start..at]) {
+                docs.push((start_line, &text[start..at]));
+            }
+            (start, start_line, opened) = (at, n + 2, false);
+            continue;
+        } else if !opened && has_content(line) {
+            opened = true;
+        }
+        at += line.len();
+    }
+    if has_content(&text[start..]) {
+        docs.push((start_line, &text[start..]));
+    }
+    docs
 }
 
 fn parse_value(
@@ -628,6 +669,60 @@ metadata: {name: node-a}
         let (objects, warnings) = parse_documents("bad.yaml", text);
         assert_eq!(objects.len(), 1);
         assert!(warnings[0].contains("bad.yaml") && warnings[0].contains("malformed"), "{warnings:?}");
+    }
+
+    /// A file that needs the slow path (here: a List) with a duplicated key
+    /// in one document: the documents after it are read too.
+    #[test]
+    fn a_duplicate_key_does_not_drop_the_documents_after_it() {
+        let text = "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: a}}]\n---\n\
+                    apiVersion: v1\nkind: Namespace\nmetadata: {name: b, name: b2}\n---\n\
+                    apiVersion: v1\nkind: Namespace\nmetadata: {name: c}\n";
+        let (objects, warnings) = parse_documents("f.yaml", text);
+        let names: Vec<&str> = objects.iter().map(Object::name).collect();
+        assert_eq!(names, ["a", "c"], "{warnings:?}");
+        assert!(warnings.len() == 1 && warnings[0].contains("document 2") && warnings[0].contains("duplicate"), "{warnings:?}");
+    }
+
+    /// A problem in one document skips that document alone: the documents
+    /// before and after it are read.
+    #[test]
+    fn a_bad_document_affects_that_document_alone() {
+        let ns = |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n");
+        let dup_top = "apiVersion: v1\nkind: Namespace\nmetadata: {name: dup}\nmetadata: {name: dup2}\n";
+        let dup_nested = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: d, namespace: e}\nspec: {clusterIP: 198.19.0.1}\n";
+        let dup_in_list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: x}\n  kind: Namespace\n";
+        let unclosed = "key: [unclosed\n";
+        // (case, file text, namespaces read, warnings naming "document N")
+        let cases: Vec<(&str, String, Vec<&str>, Vec<&str>)> = vec![
+            ("duplicate key first", format!("{dup_top}---\n{}---\n{}", ns("b"), ns("c")), vec!["b", "c"], vec!["document 1 (line 1)"]),
+            ("duplicate key middle", format!("{}---\n{dup_top}---\n{}", ns("a"), ns("c")), vec!["a", "c"], vec!["document 2 (line 4)"]),
+            ("duplicate key last", format!("{}---\n{}---\n{dup_top}", ns("a"), ns("b")), vec!["a", "b"], vec!["document 3"]),
+            ("duplicate nested key", format!("{}---\n{dup_nested}---\n{}", ns("a"), ns("c")), vec!["a", "c"], vec!["document 2"]),
+            ("duplicate key in a List item", format!("{dup_in_list}---\n{}", ns("b")), vec!["b"], vec!["document 1"]),
+            ("syntax error middle", format!("{}---\n{unclosed}---\n{}", ns("a"), ns("c")), vec!["a", "c"], vec!["document 2"]),
+            ("leading marker and comments", format!("# head\n---\n{}---\n{dup_top}--- # x\n{}", ns("a"), ns("c")), vec!["a", "c"], vec!["document 2"]),
+            ("marker with content", format!("--- {{apiVersion: v1, kind: Namespace, metadata: {{name: a}}}}\n---\n{dup_top}--- {{apiVersion: v1, kind: Namespace, metadata: {{name: c}}}}\n"), vec!["a", "c"], vec!["document 2"]),
+            ("document end markers", format!("{}...\n{dup_top}...\n---\n{}", ns("a"), ns("c")), vec!["a", "c"], vec!["document 2"]),
+        ];
+        for (case, text, want, warned) in cases {
+            // The slow path, which every file with a document the fast path
+            // cannot take goes through (the fast path deserializes straight
+            // into k8s-openapi's types, which keep the last of duplicated keys).
+            let (objects, warnings) = parse_slow("f.yaml", &text);
+            let names: Vec<&str> = objects
+                .iter()
+                .map(|o| match o {
+                    Object::Namespace(n) => n.metadata.name.as_deref().unwrap_or(""),
+                    other => panic!("{case}: unexpected {other:?}"),
+                })
+                .collect();
+            assert_eq!(names, want, "{case}: objects read; warnings {warnings:?}");
+            assert_eq!(warnings.len(), warned.len(), "{case}: {warnings:?}");
+            for (w, want) in warnings.iter().zip(&warned) {
+                assert!(w.starts_with("f.yaml: ") && w.contains(want), "{case}: expected a warning naming {want:?}, saw {w:?}");
+            }
+        }
     }
 
     #[test]

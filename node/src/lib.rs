@@ -6,3 +6,7 @@ pub mod features;
 pub mod tc;
 
 pub use features::{KernelFeatures, TcMode};
+pub mod bpffs;
+pub mod http;
+pub mod lock;
+pub mod logging;

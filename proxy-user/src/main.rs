@@ -1,7 +1,9 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use proxy_user::{agent, config, ebpf::MapSizes, status};
+use anyhow::bail;
+use proxy_user::{agent, config, ebpf::MapSizes, sockdestroy, status};
+use tracing::{info, warn};
 
 /// sluice-proxy: eBPF service load balancing, a kube-proxy replacement.
 #[derive(Parser)]
@@ -59,9 +61,19 @@ struct RunArgs {
     /// bpffs directory for pinned maps and links (mounted if it is not a bpffs).
     #[arg(long, default_value = "/sys/fs/bpf/sluice")]
     bpffs: PathBuf,
-    /// Prometheus metrics and health endpoints.
-    #[arg(long)]
-    metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to serve Prometheus metrics and the health endpoints
+    /// (`/metrics`, `/healthz`, `/readyz`). Loopback by default, as
+    /// kube-proxy's metrics; a node address makes them reachable from
+    /// other hosts.
+    #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
+    metrics_addr: std::net::SocketAddr,
+    /// Directories holding bind mounts of pod network namespaces (the
+    /// container runtime's, usually /var/run/netns), where connected UDP
+    /// sockets of removed backends are destroyed. Without it, pods'
+    /// namespaces are found through /proc, which needs the host PID
+    /// namespace and CAP_SYS_PTRACE.
+    #[arg(long, value_delimiter = ',')]
+    netns_dir: Vec<PathBuf>,
     /// Max entries of the services map (frontends plus backend slots) per family.
     #[arg(long, default_value_t = MapSizes::default().services)]
     lb_map_max: u32,
@@ -122,6 +134,8 @@ enum DataplaneArg {
     Ipvs,
 }
 
+const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10249";
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LbAlgorithmArg {
     Random,
@@ -129,14 +143,7 @@ enum LbAlgorithmArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    sluice_node::logging::init("info");
     let args = match config::expand_args(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
@@ -147,15 +154,32 @@ fn main() -> ExitCode {
     match real_main(Cli::parse_from(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice-proxy: error: {e:#}");
+            eprintln!("sluice-proxy: error: {}", once(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes joined with ": ", leaving out a cause the
+/// text already says (many errors repeat their source in their message).
+fn once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => {
+            let in_cluster = a.manifests.is_none() && a.kubeconfig.is_none();
             let source = match (a.manifests.clone(), a.kubeconfig.clone()) {
                 (Some(dir), _) => agent::Source::Manifests(dir),
                 (None, kubeconfig) => agent::Source::Kube { kubeconfig },
@@ -166,6 +190,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if a.dataplane == DataplaneArg::Ipvs {
                 return run_ipvs(a, source);
             }
+            preflight(&a)?;
+            match sluice_node::bpffs::ensure(&a.bpffs)? {
+                sluice_node::bpffs::Ensured::Mounted(at) => info!(at = %at.display(), "mounted a bpf filesystem"),
+                sluice_node::bpffs::Ensured::Present => {}
+            }
+            // Held until the process ends: a second agent on this directory refuses to start.
+            let _lock = sluice_node::lock::DirLock::acquire(&a.bpffs, "sluice-proxy")?;
+            for w in sockdestroy::startup_warnings(&a.netns_dir) {
+                warn!("{w}");
+            }
+            sockdestroy::set_netns_dirs(a.netns_dir.clone());
             let external = (!a.external_interfaces.is_empty()).then(|| agent::ExternalSettings {
                 attach: proxy_user::external_dp::ExternalAttach {
                     interfaces: a.external_interfaces.clone(),
@@ -195,11 +230,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 },
                 keep_on_exit: a.keep_on_exit,
                 resync: Duration::from_secs(a.resync_secs.max(1)),
-                metrics_addr: a.metrics_addr,
+                metrics_addr: Some(a.metrics_addr),
                 external,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(agent::run(cfg))?;
+            rt.block_on(agent::run(cfg)).map_err(|e| explain(e, in_cluster))?;
             Ok(())
         }
         Command::Status { json, dataplane: DataplaneArg::Ipvs, .. } => {
@@ -269,9 +304,92 @@ fn run_ipvs(a: RunArgs, source: agent::Source) -> anyhow::Result<()> {
         external,
         keep_on_exit: a.keep_on_exit,
         resync: Duration::from_secs(a.resync_secs.max(1)),
-        metrics_addr: a.metrics_addr,
+        metrics_addr: Some(a.metrics_addr),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(proxy_user::ipvs::agent::run(cfg))?;
     Ok(())
+}
+
+/// What `run` needs before it touches anything, each failure with its fix.
+fn preflight(a: &RunArgs) -> anyhow::Result<()> {
+    use sockdestroy::{has_cap, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
+    let admin = has_cap(CAP_SYS_ADMIN);
+    let missing: Vec<&str> = [("BPF", has_cap(CAP_BPF) || admin), ("NET_ADMIN", has_cap(CAP_NET_ADMIN)), ("PERFMON", has_cap(CAP_PERFMON) || admin)]
+        .into_iter()
+        .filter_map(|(name, have)| (!have).then_some(name))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "sluice-proxy run needs the capabilities BPF, NET_ADMIN and PERFMON to load and attach its programs \
+             (missing: {}): run it as root (`sudo sluice-proxy run ...`) or grant them as the DaemonSet does \
+             (proxy-user/deploy/sluice-proxy.yaml)",
+            missing.join(", ")
+        );
+    }
+    if let Some(dir) = &a.manifests {
+        if !dir.is_dir() {
+            bail!(
+                "--manifests {}: no such directory: give the directory of Kubernetes YAML (Services, EndpointSlices) to follow",
+                dir.display()
+            );
+        }
+    }
+    if let Some(file) = &a.kubeconfig {
+        if !file.is_file() {
+            bail!(
+                "--kubeconfig {}: no such file: give the path of a kubeconfig (e.g. ~/.kube/config), leave the flag out \
+                 inside a cluster (in-cluster config), or run standalone with --manifests DIR",
+                file.display()
+            );
+        }
+    }
+    if let Some(cgroup) = &a.cgroup {
+        if !cgroup.is_dir() {
+            bail!("--cgroup {}: no such directory: give a cgroup v2 directory (default: the host's cgroup v2 root)", cgroup.display());
+        }
+    }
+    Ok(())
+}
+
+/// The agent's error with what to do about it, for the errors a new user meets.
+fn explain(e: agent::Error, in_cluster: bool) -> anyhow::Error {
+    let hint = match &e {
+        agent::Error::Source(sluice_k8s::Error::InferConfig(_)) if in_cluster => Some(
+            "not running in a cluster and no kubeconfig found: give --kubeconfig PATH, or run standalone with --manifests DIR",
+        ),
+        agent::Error::Source(sluice_k8s::Error::Kubeconfig { .. }) => {
+            Some("the kubeconfig is unusable: check that it is a valid kubeconfig with a current context (`kubectl --kubeconfig PATH config view`)")
+        }
+        _ => None,
+    };
+    match hint {
+        Some(h) => anyhow::anyhow!("{e}\n{h}"),
+        None => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_bind_to_loopback_unless_told_otherwise() {
+        let run = |extra: &[&str]| match Cli::try_parse_from(["sluice-proxy", "run", "--node-name", "n"].iter().chain(extra)) {
+            Ok(Cli { command: Command::Run(a) }) => a,
+            Ok(_) => panic!("not run"),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(run(&[]).metrics_addr, "127.0.0.1:10249".parse().unwrap());
+        assert_eq!(run(&["--metrics-addr", "192.0.2.1:9999"]).metrics_addr, "192.0.2.1:9999".parse().unwrap());
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::new(inner).context("map SLC_SVC4: BPF_OBJ_GET failed: No such file or directory (os error 2)");
+        assert_eq!(once(&e), "map SLC_SVC4: BPF_OBJ_GET failed: No such file or directory (os error 2)");
+        let e = anyhow::anyhow!("disk").context("reading x");
+        assert_eq!(once(&e), "reading x: disk");
+    }
 }

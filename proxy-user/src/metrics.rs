@@ -16,11 +16,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
-use tracing::{debug, warn};
+use tracing::warn;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
@@ -128,39 +124,23 @@ impl Metrics {
 }
 
 /// Serves `/metrics`, `/healthz` (the loop ran within `max_silence` seconds)
-/// and `/readyz` (the first full sync is programmed) until the task is dropped.
+/// and `/readyz` (the first full sync is programmed) on the shared node
+/// endpoint ([`sluice_node::http`]) until the runtime ends.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, max_silence: u64) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else { continue };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/");
-                let (code, ctype, body) = match path {
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.encode()),
-                    "/healthz" if metrics.live(max_silence) => ("200 OK", "text/plain", "ok\n".to_owned()),
-                    "/healthz" => ("503 Service Unavailable", "text/plain", "reconcile loop stalled\n".to_owned()),
-                    "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
-                    "/readyz" => ("503 Service Unavailable", "text/plain", "waiting for the first full sync\n".to_owned()),
-                    _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-                };
-                let resp = format!(
-                    "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                if let Err(e) = sock.write_all(resp.as_bytes()).await {
-                    debug!(error = %e, "metrics client went away");
-                }
-            });
+    struct Probes(Arc<Metrics>, u64);
+    impl sluice_node::http::Probes for Probes {
+        fn metrics(&self) -> String {
+            self.0.encode()
         }
-    });
+        fn live(&self) -> Result<(), String> {
+            if self.0.live(self.1) { Ok(()) } else { Err("reconcile loop stalled".into()) }
+        }
+        fn ready(&self) -> Result<(), String> {
+            if self.0.is_ready() { Ok(()) } else { Err("waiting for the first full sync".into()) }
+        }
+    }
+    let endpoint = sluice_node::http::Endpoint::bind(addr, sluice_node::http::Limits::default()).await?;
+    endpoint.spawn(Arc::new(Probes(metrics, max_silence)));
     Ok(())
 }
 

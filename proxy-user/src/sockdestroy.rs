@@ -9,8 +9,21 @@
 //! Pure part: [`stale_udp_backends`] (which backends each diff made stale,
 //! for which frontends) and [`should_destroy`] (does one socket qualify).
 //! Thin edges: [`pod_netns`] (the network namespaces of the processes in the
-//! attached cgroup) and [`destroy_stale_udp`] (a sock_diag dump and
-//! SOCK_DESTROY per namespace, on a dedicated thread that enters each one).
+//! attached cgroup, and those the container runtime keeps in a netns
+//! directory) and [`destroy_stale_udp`] (a sock_diag dump and SOCK_DESTROY
+//! per namespace, on a dedicated thread that enters each one).
+//!
+//! Privileges. Both ways of destroying a socket are scoped to one network
+//! namespace: sock_diag answers for the namespace its netlink socket was
+//! created in, and the `bpf_sock_destroy` kfunc runs only in `iter/udp`
+//! programs, whose iterator walks the namespace of the process that created
+//! it. So reaching a pod's sockets means entering its namespace (`setns`),
+//! which needs CAP_SYS_ADMIN; no combination of BPF, NET_ADMIN, PERFMON and
+//! SYS_RESOURCE can do it. Finding the namespaces through `/proc/PID/ns/net`
+//! needs the host PID namespace and CAP_SYS_PTRACE as well, while the
+//! runtime's netns directory (`--netns-dir /var/run/netns`, mounted
+//! read-only) needs neither. The DaemonSet grants SYS_ADMIN and mounts that
+//! directory; [`startup_warnings`] says at start when this cannot work.
 //!
 //! Which frontend a socket came through is what the socket LB recorded for
 //! `getpeername()` (socket cookie + backend -> revnat id); a socket the LB
@@ -136,14 +149,78 @@ pub struct Sweep {
     pub errors: Vec<String>,
 }
 
+/// Capability numbers (linux/capability.h).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Whether this process has `cap` in its effective set (`CapEff` of /proc/self/status).
+pub fn has_cap(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status").ok().and_then(|s| cap_eff(&s)).is_some_and(|eff| eff >> cap & 1 == 1)
+}
+
+fn cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// What keeps the sweep from working with this process's privileges and
+/// settings, one line each (the agent logs them at warn level at start).
+pub fn startup_warnings(netns_dirs: &[PathBuf]) -> Vec<String> {
+    warnings_for(has_cap(CAP_SYS_ADMIN), has_cap(CAP_SYS_PTRACE), netns_dirs, |d| std::fs::read_dir(d).err())
+}
+
+fn warnings_for(
+    sys_admin: bool,
+    sys_ptrace: bool,
+    netns_dirs: &[PathBuf],
+    unreadable: impl Fn(&Path) -> Option<io::Error>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if !sys_admin {
+        out.push(
+            "connected UDP sockets of removed backends cannot be destroyed: entering a pod's network namespace \
+             needs CAP_SYS_ADMIN, which this process lacks; clients keep sending to a removed UDP backend until \
+             they reconnect on their own. Grant SYS_ADMIN (the shipped DaemonSet does)"
+                .to_owned(),
+        );
+    }
+    if netns_dirs.is_empty() && !sys_ptrace {
+        out.push(
+            "pods' network namespaces are looked up only through /proc/PID/ns/net, which needs the host PID \
+             namespace and CAP_SYS_PTRACE: give --netns-dir with the container runtime's netns directory \
+             (usually /var/run/netns) so connected UDP sockets of removed backends can be destroyed"
+                .to_owned(),
+        );
+    }
+    for dir in netns_dirs {
+        if let Some(e) = unreadable(dir) {
+            out.push(format!("--netns-dir {}: {e}: pods' network namespaces there cannot be swept", dir.display()));
+        }
+    }
+    out
+}
+
+/// Netns directories given on the command line, set once by the binary
+/// before the agent starts (read by every sweep).
+static NETNS_DIRS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Where [`after_apply`]'s sweeps also look for pod network namespaces.
+pub fn set_netns_dirs(dirs: Vec<PathBuf>) {
+    let _ = NETNS_DIRS.set(dirs);
+}
+
 /// Most cgroup directories and processes one sweep looks at (bounded work
 /// even on a node with a runaway cgroup tree).
 const MAX_CGROUP_DIRS: usize = 100_000;
 const MAX_DEPTH: usize = 32;
 
-/// One `/proc/PID/ns/net` per distinct network namespace among the
-/// processes of `cgroup` and its descendants.
-pub fn pod_netns(cgroup: &Path) -> Vec<PathBuf> {
+/// One path per distinct network namespace among the processes of `cgroup`
+/// and its descendants (`/proc/PID/ns/net`) and the namespaces bind-mounted
+/// in `netns_dirs`.
+pub fn pod_netns(cgroup: &Path, netns_dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut pids = Vec::new();
     let mut stack = vec![(cgroup.to_path_buf(), 0usize)];
     let mut dirs = 0;
@@ -162,13 +239,41 @@ pub fn pod_netns(cgroup: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    let found = pids.into_iter().filter_map(|pid| {
-        use std::os::unix::fs::MetadataExt as _;
-        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        // A process that exited meanwhile is simply skipped.
-        let meta = std::fs::metadata(&path).ok()?;
-        Some(((meta.dev(), meta.ino()), path))
-    });
+    let mut denied = 0usize;
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for pid in pids {
+        candidates.push(PathBuf::from(format!("/proc/{pid}/ns/net")));
+    }
+    let from_proc = candidates.len();
+    for dir in netns_dirs {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => candidates.extend(rd.flatten().map(|e| e.path())),
+            Err(e) => warn!(dir = %dir.display(), error = %e, "cannot list the netns directory"),
+        }
+    }
+    let found: Vec<_> = candidates
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, path)| {
+            use std::os::unix::fs::MetadataExt as _;
+            match std::fs::metadata(&path) {
+                Ok(meta) => Some(((meta.dev(), meta.ino()), path)),
+                // A process that exited meanwhile is simply skipped.
+                Err(e) => {
+                    if i < from_proc && e.kind() == io::ErrorKind::PermissionDenied {
+                        denied += 1;
+                    }
+                    None
+                }
+            }
+        })
+        .collect();
+    if denied > 0 {
+        warn!(
+            denied,
+            "cannot open the network namespace of pod processes through /proc (needs CAP_SYS_PTRACE): give --netns-dir"
+        );
+    }
     distinct_namespaces(found)
 }
 
@@ -189,7 +294,7 @@ pub fn destroy_stale_udp(cgroup: &Path, stale: &[StaleUdp], origin: &(dyn SockOr
     let by_backend: BTreeMap<SocketAddr, &StaleUdp> = stale.iter().map(|s| (s.backend, s)).collect();
     let families: BTreeSet<u8> =
         stale.iter().map(|s| if s.backend.is_ipv4() { AF_INET } else { AF_INET6 }).collect();
-    let namespaces = pod_netns(cgroup);
+    let namespaces = pod_netns(cgroup, NETNS_DIRS.get().map_or(&[][..], Vec::as_slice));
     sweep.namespaces = namespaces.len();
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| {

@@ -5,24 +5,12 @@
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd},
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
 
 #[repr(C)]
 #[derive(Default)]
@@ -37,20 +25,7 @@ fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-/// Opens a pinned BPF object (link, map or program).
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let path = cstring(path)?;
-    let mut attr = ObjGetAttr { pathname: path.as_ptr() as u64, ..Default::default() };
-    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_GET and outlives the call.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &mut attr as *mut ObjGetAttr, size_of::<ObjGetAttr>())
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
+pub use sluice_node::bpffs::{is_bpffs, obj_get};
 
 /// Atomically replaces the program behind a link: traffic never sees a gap.
 pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
@@ -110,17 +85,6 @@ pub fn map_update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> 
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Whether `path` lives on a bpf filesystem.
-pub fn is_bpffs(path: &Path) -> io::Result<bool> {
-    let c = cstring(path)?;
-    // SAFETY: statfs writes into the zeroed struct we pass.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` exists on a bpffs, mounting one on it when it is not.

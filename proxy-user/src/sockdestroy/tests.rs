@@ -140,3 +140,25 @@ fn namespaces_are_swept_once_each() {
         vec![PathBuf::from("/proc/10/ns/net"), PathBuf::from("/proc/11/ns/net"), PathBuf::from("/proc/13/ns/net")],
     );
 }
+
+#[test]
+fn startup_warns_when_the_sweep_cannot_work() {
+    let none = |_: &Path| None;
+    assert!(warnings_for(true, true, &[], none).is_empty(), "root with every capability: nothing to warn about");
+    let dirs = [PathBuf::from("/var/run/netns")];
+    assert!(warnings_for(true, false, &dirs, none).is_empty(), "SYS_ADMIN and a netns directory suffice");
+    let w = warnings_for(false, false, &dirs, none);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("cannot be destroyed") && w[0].contains("CAP_SYS_ADMIN"), "{w:?}");
+    let w = warnings_for(true, false, &[], none);
+    assert!(w.len() == 1 && w[0].contains("--netns-dir"), "no netns dir and no SYS_PTRACE: {w:?}");
+    let w = warnings_for(true, false, &dirs, |_| Some(io::Error::from_raw_os_error(libc::ENOENT)));
+    assert!(w.len() == 1 && w[0].starts_with("--netns-dir /var/run/netns: "), "{w:?}");
+}
+
+#[test]
+fn capabilities_are_read_from_cap_eff() {
+    assert_eq!(cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ff_ffff_ffff));
+    assert_eq!(cap_eff("CapEff:\t0000000000001000\n").map(|e| e >> CAP_NET_ADMIN & 1), Some(1));
+    assert_eq!(cap_eff("nothing"), None);
+}
