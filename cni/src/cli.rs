@@ -75,6 +75,9 @@ pub struct DaemonArgs {
     /// 1.1.1) refuse it, so write 1.0.0 where those run.
     #[arg(long, default_value = crate::spec::LATEST_VERSION, value_parser = crate::spec::SUPPORTED_VERSIONS.to_vec())]
     pub cni_version: String,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. 127.0.0.1:10259); off when absent.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Leave pod traffic's source address alone.
     #[arg(long)]
     pub no_masquerade: bool,
@@ -111,6 +114,7 @@ impl DaemonArgs {
             ipam_dir: self.ipam_dir,
             network_name: self.network_name,
             cni_version: self.cni_version,
+            metrics_addr: self.metrics_addr,
             no_masquerade: self.no_masquerade,
             host_routing: self.host_routing,
             bpffs: self.bpffs,
@@ -205,6 +209,7 @@ mod tests {
             ipam_dir: crate::spec::DEFAULT_DATA_DIR.into(),
             network_name: "sluice".into(),
             cni_version: crate::spec::LATEST_VERSION.into(),
+            metrics_addr: None,
             no_masquerade: false,
             host_routing: HostRoutingMode::Kernel,
             bpffs: "/sys/fs/bpf/sluice-cni".into(),

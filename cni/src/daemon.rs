@@ -69,8 +69,7 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Full reconcile period even without changes; never zero.
     pub resync: Duration,
-    /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. 127.0.0.1:10259); off when absent.
-    #[arg(long)]
+    /// Serve `/metrics`, `/healthz` and `/readyz` here; off when absent.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -155,7 +154,7 @@ async fn converge(args: Args, mut rx: watch::Receiver<Arc<Snapshot>>) -> anyhow:
                     }
                 }
             }
-            health.pass(!last_error);
+            health.pass(failures.count == 0);
         }
         let last_error = failures.count > 0;
         let retry = tokio::time::sleep(if last_error { Duration::from_secs(1) } else { args.resync });

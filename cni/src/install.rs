@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn the_daemons_conflist_passes_the_check() {
-        let v = crate::daemon::conflist("sluice", Path::new("/run/sluice/subnet.json"), Path::new("/var/lib/cni/sluice"));
+        let v = crate::daemon::conflist("sluice", crate::spec::LATEST_VERSION, Path::new("/run/sluice/subnet.json"), Path::new("/var/lib/cni/sluice"));
         validate_conflist(Path::new("daemon"), &serde_json::to_vec(&v).unwrap(), "sluice-cni").unwrap();
     }
 

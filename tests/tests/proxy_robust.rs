@@ -272,7 +272,7 @@ fn status_without_an_agent_says_what_is_missing_and_what_to_check() {
         &[&format!("no agent has pinned maps under {}", empty.display()), "is not pinned there", "Is sluice-proxy running on this node?", "--bpffs"],
     );
     assert!(!err.contains("BPF_OBJ_GET"), "no syscall names: {err}");
-    let (out, err) = output(proxy_cmd(&["status", "--bpffs", "/nonexistent/sluice"]));
+    let (out, err) = output(&mut proxy_cmd(&["status", "--bpffs", "/nonexistent/sluice"]));
     assert!(!out.status.success());
     assert_says("status on a missing dir", &err, &["no agent has pinned maps under /nonexistent/sluice: the directory does not exist"]);
 }
