@@ -587,7 +587,7 @@ fn tc_ingress_rejects_unserved_ports_of_a_load_balancer_ip_and_ignores_them_on_n
         ips.insert(addr(LB_IP), 1, 0).expect("LB IP");
     }
     let (verdict, out) = px.ingress(&syn(LB_IP, 80), lab.ext);
-    assert_eq!((verdict, seen(&out).dst, seen(&out).dport), (TC_ACT_REDIRECT, LOCAL_POD, BACKEND_PORT), "the served port");
+    assert_eq!((verdict, seen(&out).dst, seen(&out).dport), (TC_ACT_OK, LOCAL_POD, BACKEND_PORT), "the served port (a local backend: up the stack)");
     let (verdict, out) = px.ingress(&syn(LB_IP, 81), lab.ext);
     assert_eq!(verdict, TC_ACT_REDIRECT, "another port of the LB IP is refused");
     assert_eq!(out[34 + 13], TCP_RST | TCP_ACK, "with a RST");
@@ -608,7 +608,7 @@ fn tc_ingress_drops_sources_outside_load_balancer_source_ranges() {
         t.insert(&Key::new(32 + 28, allowed), SOURCE_RANGE_ALLOW, 0).expect("range");
     }
     let (verdict, out) = px.ingress(&syn(NODE, RANGED_NODEPORT), lab.ext);
-    assert_eq!((verdict, seen(&out).dst), (TC_ACT_REDIRECT, LOCAL_POD), "203.0.113.7 is inside 203.0.113.0/28");
+    assert_eq!((verdict, seen(&out).dst), (TC_ACT_OK, LOCAL_POD), "203.0.113.7 is inside 203.0.113.0/28");
     let outsider = frame(EXT_MAC, ROUTER_MAC, Ipv4Addr::new(203, 0, 113, 77), NODE, 64, L4::Tcp {
         sport: CLIENT_PORT,
         dport: RANGED_NODEPORT,
@@ -650,7 +650,7 @@ fn tc_ingress_takes_new_flows_to_the_backend_the_maglev_table_names() {
             flags: TCP_SYN,
         });
         let (verdict, out) = px.ingress(&f, lab.ext);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(verdict, TC_ACT_OK, "a local backend goes up the node's stack");
         assert_eq!(seen(&out).dst, other, "client port {}: the Maglev table's backend", CLIENT_PORT + sport);
         assert_checksums(&out, false);
     }
@@ -734,7 +734,7 @@ fn xdp_forwards_tracked_flows_tc_admitted_and_passes_everything_else() {
 
     // A flow to a local backend leaves through another interface: tc's job.
     let (verdict, _) = px.ingress(&syn(NODE, NODEPORT), lab.ext);
-    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(verdict, TC_ACT_OK, "a local backend goes up the node's stack");
     let local = frame(EXT_MAC, ROUTER_MAC, CLIENT, NODE, 64, L4::Tcp {
         sport: CLIENT_PORT,
         dport: NODEPORT,

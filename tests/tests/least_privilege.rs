@@ -273,6 +273,8 @@ fn the_proxy_image_serves_a_cluster_ip_with_exactly_the_daemonsets_privileges() 
     host_for.insert("/sys/fs/bpf".to_owned(), bpffs.clone());
     host_for.insert("/sys/fs/cgroup".to_owned(), a.cgroup.clone());
     host_for.insert("configMap:sluice-proxy".to_owned(), config_dir.clone());
+    // The runtime's netns directory (the UDP socket sweep enters pods' namespaces through it).
+    host_for.insert("/var/run/netns".to_owned(), std::path::PathBuf::from("/run/netns"));
 
     let podman = Podman { dir: topo.scratch("podman") };
     let seccomp = podman.dir.join("seccomp.json");

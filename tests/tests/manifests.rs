@@ -96,7 +96,9 @@ fn every_container_runs_with_least_privilege_probes_and_resources() {
             assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]), "{what}: must drop ALL capabilities");
             for cap in caps.add.iter().flatten() {
                 assert!(
-                    ["BPF", "NET_ADMIN", "PERFMON", "NET_BIND_SERVICE"].contains(&cap.as_str()),
+                    ["BPF", "NET_ADMIN", "PERFMON", "NET_BIND_SERVICE"].contains(&cap.as_str())
+                        // sluice-proxy's UDP socket sweep enters pods' network namespaces (setns).
+                        || (name.contains("sluice-proxy") && cap == "SYS_ADMIN"),
                     "{what}: capability {cap} is more than any component needs"
                 );
             }
