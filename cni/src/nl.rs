@@ -10,10 +10,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage},
     link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage},
@@ -21,55 +18,22 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
     AddressFamily, RouteNetlinkMessage,
 };
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
-/// A netlink error (the kernel's errno) or a transport failure.
-#[derive(Debug, thiserror::Error)]
-pub enum NlError {
-    #[error("{op}: {source}")]
-    Kernel {
-        op: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("netlink: {0}")]
-    Transport(String),
-}
-
-impl NlError {
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            Self::Kernel { source, .. } => source.raw_os_error(),
-            Self::Transport(_) => None,
-        }
-    }
-
-    pub fn is(&self, errno: i32) -> bool {
-        self.errno() == Some(errno)
-    }
-}
+pub use sluice_node::netlink::NlError;
+use sluice_node::netlink::Conn;
 
 pub type NlResult<T> = std::result::Result<T, NlError>;
 
 /// One rtnetlink socket, bound to the namespace it was opened in.
 pub struct Netlink {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    conn: Conn,
 }
 
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> NlResult<Self> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| NlError::Transport(format!("socket: {e}")))?;
-        socket.bind_auto().map_err(|e| NlError::Transport(format!("bind: {e}")))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| NlError::Transport(format!("connect: {e}")))?;
-        // Errors carry the kernel's explanation; acks do not echo requests.
-        let _ = socket.set_ext_ack(true);
-        let _ = socket.set_cap_ack(true);
-        // Received into spare capacity: never zeroed, and only the pages a
-        // reply fills are touched (a dump datagram is at most 32 KiB).
-        Ok(Self { socket, seq: 0, buf: Vec::with_capacity(64 * 1024) })
+        Ok(Self { conn: Conn::open(NETLINK_ROUTE)? })
     }
 
     /// A socket in the namespace `netns` (a file under /run/netns or
@@ -98,62 +62,7 @@ impl Netlink {
 
     /// Sends one request and collects the answers until the ack or DONE.
     fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> NlResult<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut out = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.socket.send(&out, 0).map_err(|e| NlError::Transport(format!("{op}: send: {e}")))?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut answers = Vec::new();
-        // Bounded: a reply is at most a few thousand datagrams even for a big dump.
-        for _ in 0..100_000 {
-            self.buf.clear();
-            // With MSG_TRUNC the kernel reports a datagram's full length even when it did not fit.
-            let n = self
-                .socket
-                .recv(&mut self.buf, libc::MSG_TRUNC)
-                .map_err(|e| NlError::Transport(format!("{op}: recv: {e}")))?;
-            if n > self.buf.len() {
-                return Err(NlError::Transport(format!("{op}: reply of {n} bytes does not fit the buffer")));
-            }
-            let mut off = 0;
-            while off < n {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
-                    .map_err(|e| NlError::Transport(format!("{op}: decode: {e}")))?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Error(e) if e.code.is_some() => {
-                        return Err(NlError::Kernel { op: op.to_owned(), source: e.to_io() });
-                    }
-                    NetlinkPayload::Error(_) => {
-                        if !dump {
-                            return Ok(answers);
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(answers),
-                    NetlinkPayload::InnerMessage(m) => {
-                        answers.push(m);
-                        if !dump && flags & NLM_F_ACK == 0 {
-                            return Ok(answers);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Err(NlError::Transport(format!("{op}: no end of reply")))
+        self.conn.request(op, msg, flags)
     }
 
     fn ack(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> NlResult<()> {

@@ -9,4 +9,5 @@ pub use features::{KernelFeatures, TcMode};
 pub mod bpffs;
 pub mod http;
 pub mod lock;
+pub mod netlink;
 pub mod logging;

@@ -16,7 +16,7 @@ use netlink_packet_core::{
 };
 use netlink_sys::protocols::NETLINK_GENERIC;
 
-use super::nl::{Conn, NlError};
+use sluice_node::netlink::{Conn, NlError};
 
 // The controller family (linux/genetlink.h).
 pub const GENL_ID_CTRL: u16 = 0x10;
@@ -458,7 +458,7 @@ impl IpvsSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use super::super::nl::encode;
+    use sluice_node::netlink::encode;
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 
     fn svc() -> Service {

@@ -12,7 +12,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-use super::nl::{Conn, NlError};
+use sluice_node::netlink::{Conn, NlError};
 
 /// Our dummy interface.
 pub const DUMMY: &str = "sluice-ipvs0";

@@ -11,7 +11,6 @@
 pub mod agent;
 pub mod genl;
 pub mod link;
-pub mod nl;
 pub mod state;
 
 use std::{
@@ -21,12 +20,12 @@ use std::{
     process::{Command, Stdio},
 };
 
+use sluice_node::netlink::NlError;
 use tracing::{debug, info, warn};
 
 use self::{
     genl::{Dest, GenlError, IpvsSocket, ServiceId},
     link::{Rtnl, DUMMY},
-    nl::NlError,
     state::{Held, NftDelta, Op, Settings},
 };
 use crate::{

@@ -1,5 +1,8 @@
-//! One blocking netlink request/reply exchange, for any message family
-//! (generic netlink for IPVS, rtnetlink for the dummy interface).
+//! One blocking netlink request/reply exchange, for any message family:
+//! rtnetlink for sluice-cni's links, routes and neighbours, generic netlink
+//! for the IPVS dataplane. A short-lived plugin or a reconcile loop does a
+//! handful of requests; a blocking socket costs no runtime and no thread,
+//! and it stays bound to the namespace it was opened in.
 
 use std::io;
 
@@ -29,6 +32,10 @@ impl NlError {
             Self::Transport(_) => None,
         }
     }
+
+    pub fn is(&self, errno: i32) -> bool {
+        self.errno() == Some(errno)
+    }
 }
 
 /// A connected netlink socket of one protocol, in the calling thread's netns.
@@ -43,8 +50,11 @@ impl Conn {
         let mut socket = Socket::new(protocol).map_err(|e| NlError::Transport(format!("socket: {e}")))?;
         socket.bind_auto().map_err(|e| NlError::Transport(format!("bind: {e}")))?;
         socket.connect(&SocketAddr::new(0, 0)).map_err(|e| NlError::Transport(format!("connect: {e}")))?;
-        // Errors then carry the kernel's explanation.
+        // Errors carry the kernel's explanation; acks do not echo requests.
         let _ = socket.set_ext_ack(true);
+        let _ = socket.set_cap_ack(true);
+        // Received into spare capacity: never zeroed, and only the pages a
+        // reply fills are touched (a dump datagram is at most 32 KiB).
         Ok(Self { socket, seq: 0, buf: Vec::with_capacity(64 * 1024) })
     }
 
@@ -87,7 +97,13 @@ impl Conn {
                     NetlinkPayload::Error(e) if e.code.is_some() => {
                         return Err(NlError::Kernel { op: op.to_owned(), source: e.to_io() });
                     }
-                    NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(answers),
+                    // An ack ends a request; inside a dump only DONE does.
+                    NetlinkPayload::Error(_) => {
+                        if !dump {
+                            return Ok(answers);
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(answers),
                     NetlinkPayload::InnerMessage(m) => {
                         answers.push(m);
                         if !dump && flags & NLM_F_ACK == 0 {
