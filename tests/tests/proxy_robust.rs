@@ -282,9 +282,18 @@ fn run_as_an_ordinary_user_names_the_missing_capabilities_and_the_fix() {
     if !require_root() {
         return;
     }
-    let mut cmd = proxy_cmd(&["run", "--node-name", "a", "--manifests", "/tmp", "--bpffs", "/nonexistent/sluice"]);
+    // A copy an ordinary user may execute: the build tree can sit in a
+    // directory only root may enter (a CI clone under `mktemp -d`).
+    let dir = tempfile_dir("slc-robust-user");
+    let bin = dir.join("sluice-proxy");
+    std::fs::copy(workspace_bin("sluice-proxy"), &bin).expect("copy sluice-proxy");
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", "--node-name", "a", "--manifests", "/tmp", "--bpffs", "/nonexistent/sluice"])
+        .env("RUST_LOG", "info")
+        .env_remove("NODE_NAME");
     cmd.uid(65534).gid(65534);
     let (out, err) = output(&mut cmd);
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     assert_says(
         "not root",
@@ -325,4 +334,14 @@ fn an_unusable_kubeconfig_is_named_with_what_to_check() {
     let p = topo.spawn_in_node(&a, cmd);
     let err = exits_with_error(&p);
     assert_says("bad kubeconfig", &err, &[&format!("kubeconfig {}", kubeconfig.display()), "the kubeconfig is unusable"]);
+}
+
+/// A fresh directory under /tmp that every user may enter (0755).
+fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod scratch dir");
+    dir
 }
